@@ -4,6 +4,10 @@ import itertools
 import os
 import pathlib
 
+# Fake 8 CPU devices so sharding tests run in-process (must precede the first jax import).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
 import hypothesis
 import jax
 import jax.random as jr
@@ -14,7 +18,9 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
-jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".cache" / "jax")))
+jax.config.update(
+    "jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".cache" / "jax"))
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -349,8 +349,6 @@ def elbo_bpd(
         TypeError: if `x_uint8` is not integer.
         ValueError: if `x_uint8` has no batch axis or values outside $[0, L)$.
     """
-    terms = elbo_terms(
-        denoiser, x_uint8, key=key, schedule=schedule, num_levels=num_levels, time_sampler=time_sampler
-    )
+    terms = elbo_terms(denoiser, x_uint8, key=key, schedule=schedule, num_levels=num_levels, time_sampler=time_sampler)
     dims = math.prod(jnp.shape(x_uint8)[1:])
     return terms.total / (dims * math.log(2.0))

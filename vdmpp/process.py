@@ -44,9 +44,7 @@ class AbstractProcess(eqx.Module):
     def alpha_sigma(self, lam: FloatLike) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
         """Return $(\\alpha_\\lambda, \\sigma_\\lambda)$."""
 
-    def diffuse(
-        self, x: Float[Array, "*data"], eps: Float[Array, "*data"], lam: FloatLike
-    ) -> Float[Array, "*data"]:
+    def diffuse(self, x: Float[Array, "*data"], eps: Float[Array, "*data"], lam: FloatLike) -> Float[Array, "*data"]:
         r"""Sample $z_\lambda = \alpha_\lambda x + \sigma_\lambda \epsilon$ for given noise."""
         alpha, sigma = self.alpha_sigma(lam)
         return alpha * x + sigma * eps
@@ -272,9 +270,7 @@ class EpsDenoiser(eqx.Module):
         """Return $\\hat\\epsilon(z, \\lambda)$."""
         out = self.fn(z, lam)
         if out.shape != z.shape:
-            raise ValueError(
-                f"The denoiser must return an array shaped like its input {z.shape}; got {out.shape}."
-            )
+            raise ValueError(f"The denoiser must return an array shaped like its input {z.shape}; got {out.shape}.")
         return self.parameterisation.to_eps(z, out, lam)
 
 

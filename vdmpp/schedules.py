@@ -32,9 +32,7 @@ def _check_range(name: str, lam_min: float, lam_max: float, allow_infinite: bool
             "Swap them or widen the range."
         )
     if not allow_infinite and not (math.isfinite(lam_min) and math.isfinite(lam_max)):
-        raise ValueError(
-            f"{name} needs finite `lam_min` and `lam_max`; got lam_min={lam_min}, lam_max={lam_max}."
-        )
+        raise ValueError(f"{name} needs finite `lam_min` and `lam_max`; got lam_min={lam_min}, lam_max={lam_max}.")
 
 
 def _check_finite(name: str, arg: str, value: float) -> None:
