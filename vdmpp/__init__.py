@@ -3,6 +3,7 @@
 import importlib.metadata
 
 from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
+from . import samplers as samplers
 
 
 __version__ = importlib.metadata.version("vdmpp")

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._gmm import GaussianMixture as GaussianMixture
 from ._types import Array, Float, FloatScalarLike
 from .process import vp_alpha_sigma
 
