@@ -89,48 +89,58 @@ class GaussianMixture(eqx.Module):
         var = alpha**2 * self.scales**2 + sigma**2
         return alpha, sigma, alpha * self.means, var
 
-    def _component_log_probs(self, z: Array, lam: FloatScalarLike) -> Array:
-        # (..., K): log w_k + log N(z; alpha mu_k, diag v_k)
-        _, _, mean, var = self._marginal(lam, z.dtype)
-        diff = z[..., None, :] - mean
+    def _batched(self, fn, z: Array) -> Array:
+        # apply a one-example function over any leading batch axes
+        z = jnp.asarray(z)
+        self._check_z(z)
+        flat = z.reshape(-1, self.dim)
+        out = jax.vmap(fn)(flat)
+        return out.reshape(*z.shape[:-1], *out.shape[1:])
+
+    def _one(self, z: Array, lam: FloatScalarLike) -> tuple[Array, Array, Array, Array, Array]:
+        # for one example z (D,): posterior pi (K,), alpha, sigma, z - alpha mu_k (K, D), v_k (K, D)
+        alpha, sigma, mean, var = self._marginal(lam, z.dtype)
+        diff = z[None, :] - mean
         quad = jnp.sum(diff**2 / var + jnp.log(var), axis=-1)
-        return self.log_weights - 0.5 * quad - 0.5 * self.dim * math.log(2 * math.pi)
+        logits = self.log_weights - 0.5 * quad - 0.5 * self.dim * math.log(2 * math.pi)
+        return logits, alpha, sigma, diff, var
 
     def log_prob(self, z: Float[Array, "*batch D"], lam: FloatScalarLike = float("inf")) -> Float[Array, "*batch"]:
         r"""$\log q(z_\lambda)$, exact; `lam=inf` (the default) is the data density."""
-        z = jnp.asarray(z)
-        self._check_z(z)
-        return jax.nn.logsumexp(self._component_log_probs(z, lam), axis=-1)
+        return self._batched(lambda zi: jax.nn.logsumexp(self._one(zi, lam)[0]), z)
 
     def posterior(self, z: Float[Array, "*batch D"], lam: FloatScalarLike) -> Float[Array, "*batch K"]:
         r"""Posterior component probabilities $\pi_k(z_\lambda)$."""
-        z = jnp.asarray(z)
-        self._check_z(z)
-        return jax.nn.softmax(self._component_log_probs(z, lam), axis=-1)
+        return self._batched(lambda zi: jax.nn.softmax(self._one(zi, lam)[0]), z)
 
     def score(self, z: Float[Array, "*batch D"], lam: FloatScalarLike) -> Float[Array, "*batch D"]:
         r"""Exact score $\nabla_z \log q(z_\lambda) = -\sum_k \pi_k (z - \alpha\mu_k)/v_k$."""
-        z = jnp.asarray(z)
-        _, _, mean, var = self._marginal(lam, z.dtype)
-        pi = self.posterior(z, lam)
-        return -jnp.sum(pi[..., None] * (z[..., None, :] - mean) / var, axis=-2)
+
+        def one(zi):
+            logits, _, _, diff, var = self._one(zi, lam)
+            return -jax.nn.softmax(logits) @ (diff / var)
+
+        return self._batched(one, z)
 
     def eps_hat(self, z: Float[Array, "*batch D"], lam: FloatScalarLike) -> Float[Array, "*batch D"]:
         r"""Exact posterior mean $E[\epsilon | z_\lambda] = \sum_k \pi_k \sigma (z - \alpha\mu_k)/v_k$."""
-        z = jnp.asarray(z)
-        _, sigma, mean, var = self._marginal(lam, z.dtype)
-        pi = self.posterior(z, lam)
-        return jnp.sum(pi[..., None] * sigma * (z[..., None, :] - mean) / var, axis=-2)
+
+        def one(zi):
+            logits, _, sigma, diff, var = self._one(zi, lam)
+            return sigma * (jax.nn.softmax(logits) @ (diff / var))
+
+        return self._batched(one, z)
 
     def x_hat(self, z: Float[Array, "*batch D"], lam: FloatScalarLike) -> Float[Array, "*batch D"]:
         r"""Exact posterior mean $E[x | z_\lambda] = \sum_k \pi_k(\mu_k + \alpha s_k^2 (z - \alpha\mu_k)/v_k)$."""
-        z = jnp.asarray(z)
-        alpha, _, mean, var = self._marginal(lam, z.dtype)
-        pi = self.posterior(z, lam)
-        comp = self.means + alpha * self.scales**2 * (z[..., None, :] - mean) / var
-        return jnp.sum(pi[..., None] * comp, axis=-2)
 
-    def denoiser(self, z: Float[Array, " D"], lam: FloatScalarLike) -> Float[Array, " D"]:
+        def one(zi):
+            logits, alpha, _, diff, var = self._one(zi, lam)
+            return jax.nn.softmax(logits) @ (self.means + alpha * self.scales**2 * diff / var)
+
+        return self._batched(one, z)
+
+    def denoiser(self, z: Float[Array, "*data"], lam: FloatScalarLike) -> Float[Array, "*data"]:
         r"""The exact $\hat\epsilon^*$-denoiser on one example, `(z, lam) -> eps_hat` (see `eps_hat`)."""
         if z.shape != (self.dim,):
             raise ValueError(f"The mixture denoiser takes one example of shape ({self.dim},); got shape {z.shape}.")
