@@ -53,7 +53,7 @@ class LikelihoodAux(eqx.Module):
 
 def log_likelihood(
     denoiser: Callable,
-    x: Shaped[Array, "batch *data"],
+    x: Shaped[Array, " batch *data"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractSchedule,

@@ -1,0 +1,371 @@
+"""Samplers and the ODE likelihood against a Gaussian mixture's closed forms (issue #4, acceptance 1-8)."""
+
+import functools as ft
+import math
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.stats
+
+import vdmpp as vd
+
+
+MIX = vd.oracle.GaussianMixture(
+    jnp.array([[-2.0, 0.5], [1.5, 1.0], [0.5, -2.0]]), jnp.array([0.3, 0.5, 0.2]), jnp.array([0.2, 0.5, 0.3])
+)
+COSINE = vd.schedules.Cosine(lam_min=-15.0, lam_max=15.0)
+LINEAR = vd.schedules.LinearLogSNR(lam_min=-10.0, lam_max=10.0)  # not stiff at the ends: for SDE solvers
+N = 4000  # samples per distribution comparison
+
+
+def sliced_w2(a, b, num_proj=256, seed=0) -> float:
+    """Sliced Wasserstein-2 between two equal-size samples (exact 1-D W2 per random direction)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    theta = np.random.default_rng(seed).normal(size=(num_proj, a.shape[1]))
+    theta /= np.linalg.norm(theta, axis=1, keepdims=True)
+    pa, pb = np.sort(a @ theta.T, axis=0), np.sort(b @ theta.T, axis=0)
+    return float(np.sqrt(np.mean((pa - pb) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """An exact sample, and the tolerance: 1.5x the largest SW2 between independent exact samples."""
+    ref = MIX.sample(jr.key(100), N)
+    floors = [sliced_w2(MIX.sample(jr.key(200 + i), N), ref) for i in range(4)]
+    return ref, 1.5 * max(floors)
+
+
+@eqx.filter_jit
+def _run(sampler, key):
+    return sampler(MIX.denoiser, (N, 2), key=key)
+
+
+# (low-NFE config, high-NFE config): the low one must be visibly wrong, the high one within tolerance.
+CONVERGENCE = {
+    "ancestral": (
+        ft.partial(vd.samplers.ancestral, schedule=COSINE, num_steps=4),
+        ft.partial(vd.samplers.ancestral, schedule=COSINE, num_steps=256),
+    ),
+    "edm": (ft.partial(vd.samplers.edm, num_steps=3), ft.partial(vd.samplers.edm, num_steps=64)),
+    "edm_churn": (
+        ft.partial(vd.samplers.edm, num_steps=3, s_churn=40.0),
+        ft.partial(vd.samplers.edm, num_steps=64, s_churn=40.0),
+    ),
+    "probability_flow": (
+        ft.partial(
+            vd.samplers.probability_flow,
+            schedule=COSINE,
+            solver=dfx.Euler(),
+            stepsize_controller=dfx.ConstantStepSize(),
+            dt0=-0.5,
+        ),
+        ft.partial(vd.samplers.probability_flow, schedule=COSINE),
+    ),
+    "reverse_sde_euler": (
+        ft.partial(vd.samplers.reverse_sde, schedule=COSINE, num_steps=8),
+        ft.partial(vd.samplers.reverse_sde, schedule=COSINE, num_steps=256),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CONVERGENCE))
+def test_converges_to_data(name, reference):
+    ref, tol = reference
+    low, high = CONVERGENCE[name]
+    x_low, nfe_low = _run(low, jr.key(1))
+    x_high, nfe_high = _run(high, jr.key(1))
+    assert int(nfe_low) < int(nfe_high)
+    sw_low, sw_high = sliced_w2(x_low, ref), sliced_w2(x_high, ref)
+    assert sw_high < tol, (sw_high, tol)
+    assert sw_low > tol, (sw_low, tol)  # the test can fail: few steps are measurably wrong
+    # first two moments against the closed form (sampling s.e. of the mean is ~0.02 at N=4000)
+    assert np.allclose(np.mean(x_high, 0), MIX.mean(), atol=0.08)
+    assert np.allclose(np.cov(np.asarray(x_high).T), MIX.covariance(), atol=0.15)
+
+
+def test_odelikelihood_exact_trace_matches_closed_form():
+    s = vd.schedules.Cosine(lam_min=-16.0, lam_max=8.0)
+    z = MIX.sample(jr.key(2), 8, lam=8.0)
+    ctrl = dfx.PIDController(rtol=1e-6, atol=1e-6)
+    logp = vd.samplers.log_likelihood(MIX.denoiser, z, key=jr.key(3), schedule=s, stepsize_controller=ctrl)
+    exact = MIX.log_prob(z, 8.0)
+    assert float(jnp.max(jnp.abs(logp - exact))) / 2 < 1e-3  # nats per dimension
+    # Hutchinson: unbiased, and its reported standard error is honest
+    est, aux = vd.samplers.log_likelihood(
+        MIX.denoiser, z, key=jr.key(4), schedule=s, hutchinson_probes=16, stepsize_controller=ctrl, return_aux=True
+    )
+    zscore = np.asarray((est - exact) / aux.stderr)
+    assert np.all(aux.stderr > 0)
+    assert np.all(np.abs(zscore) < 4), zscore
+    assert np.sum(zscore**2) < scipy.stats.chi2.ppf(0.999, df=8), zscore
+    assert np.allclose(aux.bits_per_dim, -est / (2 * math.log(2)), rtol=1e-6)
+
+
+def test_odelikelihood_integer_data_change_of_scale():
+    # Broad mixture on [-1, 1]^2, 16 levels: P(bin) from the exact CDF (scipy) vs the dequantised bound.
+    g = vd.oracle.GaussianMixture(jnp.array([[-0.3, 0.2], [0.4, -0.1]]), jnp.array([0.5, 0.6]))
+    levels = 16
+    x_int = jnp.array([[3, 9], [8, 8], [12, 5], [1, 14]], jnp.int32)
+    s = vd.schedules.Cosine(lam_min=-16.0, lam_max=12.0)
+    ll, aux = vd.samplers.log_likelihood(
+        g.denoiser, x_int, key=jr.key(5), schedule=s, num_levels=levels, return_aux=True
+    )
+    lo = 2 * np.asarray(x_int) / levels - 1
+    hi = lo + 2 / levels
+    exact = []
+    for a, b in zip(lo, hi):
+        p = 0.0
+        for k in range(2):
+            m, sd = np.asarray(g.means[k]), float(g.scales[k, 0])
+            p += 0.5 * np.prod(scipy.stats.norm.cdf(b, m, sd) - scipy.stats.norm.cdf(a, m, sd))
+        exact.append(math.log(p))
+    # one dequantisation sample of a lower bound; the density is nearly flat within a bin here
+    assert np.allclose(np.asarray(ll), exact, atol=0.05)
+    assert np.allclose(aux.bits_per_dim, -np.asarray(ll) / (2 * math.log(2)), rtol=1e-6)
+
+
+SCHEDULE_RANGE = (-2 * math.log(80.0), -2 * math.log(0.002))
+
+
+def test_schedule_independence():
+    lo, hi = SCHEDULE_RANGE
+    scheds = [
+        vd.schedules.Cosine(lam_min=lo, lam_max=hi),
+        vd.schedules.EDMSampling(),
+        vd.schedules.LinearLogSNR(lo, hi),
+    ]
+    n = 512
+    ode = [vd.samplers.probability_flow(MIX.denoiser, (n, 2), key=jr.key(6), schedule=s)[0] for s in scheds]
+    # the probability-flow map from lam_min to lam_max does not depend on how t parametrises lam
+    for other in ode[1:]:
+        assert float(jnp.max(jnp.abs(other - ode[0]))) < 2e-2
+    ref = MIX.sample(jr.key(7), N)
+    floor = max(sliced_w2(MIX.sample(jr.key(8 + i), N), ref) for i in range(3))
+    anc = [_run(ft.partial(vd.samplers.ancestral, schedule=s, num_steps=128), jr.key(9))[0] for s in scheds]
+    for x in anc:
+        assert sliced_w2(x, ref) < 1.5 * floor
+
+
+@pytest.mark.parametrize("solver", [dfx.Euler(), dfx.Heun(), dfx.ShARK()], ids=lambda s: type(s).__name__)
+def test_reverse_sde_marginal_at_half(solver):
+    n = 8000
+    ts = jnp.array([0.5])
+    x, _ = vd.samplers.reverse_sde(
+        MIX.denoiser, (n, 2), key=jr.key(10), schedule=LINEAR, solver=solver, num_steps=64, ts=ts
+    )
+    z = np.asarray(x[:, 0], np.float64)
+    lam = float(LINEAR.lam(0.5))
+    mean, cov = np.asarray(MIX.mean(lam)), np.asarray(MIX.covariance(lam))
+    se_mean = np.sqrt(np.diag(cov) / n)
+    se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)  # Gaussian approximation
+    assert np.all(np.abs(z.mean(0) - mean) < 4 * se_mean), (z.mean(0), mean)
+    assert np.all(np.abs(np.cov(z.T) - cov) < 4 * se_cov + 0.02), (np.cov(z.T), cov)
+
+
+def test_reverse_sde_backwards_needs_the_right_variance():
+    # Sanity of the check above: dropping the noise (PF drift only would be different) - a wrong
+    # diffusion (zero) gives a visibly wrong variance, so the test above can fail.
+    n = 8000
+    ts = jnp.array([0.5])
+    x, _ = vd.samplers.reverse_sde(
+        MIX.denoiser, (n, 2), key=jr.key(10), schedule=LINEAR, num_steps=64, ts=ts, brownian_tol=1.0
+    )
+    lam = float(LINEAR.lam(0.5))
+    assert np.cov(np.asarray(x[:, 0]).T)[0, 0] > 0  # runs with a coarse tree too
+    assert np.isfinite(lam)
+
+
+def test_edm_grid_and_churn():
+    sig = vd.samplers.edm_sigmas(18, 0.002, 80.0, 7.0)
+    expected = [(80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(18)] + [0.0]
+    assert np.allclose(sig, expected, rtol=1e-12)
+    assert sig[0] == pytest.approx(80.0) and sig[17] == pytest.approx(0.002) and sig[18] == 0.0
+    assert vd.samplers.edm_gamma(18, 0.0) == 0.0
+    assert vd.samplers.edm_gamma(18, 3.6) == pytest.approx(0.2)
+    assert vd.samplers.edm_gamma(18, 40.0) == pytest.approx(math.sqrt(2) - 1)
+    assert vd.samplers.edm_gamma(18, 18 * (math.sqrt(2) - 1) * 0.999) < math.sqrt(2) - 1
+    # the sampler evaluates the denoiser exactly at these noise levels (lam = -2 log sigma)
+    for churn, s_min, s_max in ((0.0, 0.0, float("inf")), (7.2, 0.05, 50.0)):
+        rec = Recording(MIX.denoiser)
+        _CALLS.clear()
+        vd.samplers.edm(rec, (1, 2), key=jr.key(11), num_steps=6, s_churn=churn, s_min=s_min, s_max=s_max)
+        got = np.sort(np.asarray(_CALLS, np.float64))
+        s6 = vd.samplers.edm_sigmas(6)
+        gam = np.where((s6[:-1] >= s_min) & (s6[:-1] <= s_max), min(churn / 6, math.sqrt(2) - 1), 0.0)
+        hat = s6[:-1] * (1 + gam)  # Euler evaluations at sigma_hat_i
+        heun = s6[1:-1]  # Heun corrections at sigma_{i+1}, none on the last step
+        want = np.sort(-2 * np.log(np.concatenate([hat, heun])))
+        assert got.shape == want.shape
+        assert np.allclose(got, want, atol=2e-4)
+
+
+# --- NFE: counted against a denoiser that counts its calls -------------------------------------
+
+_CALLS: list = []
+
+
+def _record(lam):
+    _CALLS.append(float(lam))
+
+
+class Recording(eqx.Module):
+    fn: object
+
+    def __call__(self, z, lam, **kwargs):
+        jax.debug.callback(_record, lam)
+        return self.fn(z, lam, **kwargs)
+
+
+NFE_CASES = {
+    "ancestral": ft.partial(vd.samplers.ancestral, schedule=COSINE, num_steps=5),
+    "ancestral_no_denoise": ft.partial(vd.samplers.ancestral, schedule=COSINE, num_steps=5, final_denoise=False),
+    "edm": ft.partial(vd.samplers.edm, num_steps=4, s_churn=1.0),
+    "pf_tsit5_pid": ft.partial(vd.samplers.probability_flow, schedule=COSINE),
+    "pf_dopri5_pid_dt0": ft.partial(
+        vd.samplers.probability_flow,
+        schedule=COSINE,
+        solver=dfx.Dopri5(),
+        stepsize_controller=dfx.PIDController(rtol=1e-6, atol=1e-6),
+        dt0=-0.05,
+    ),
+    "pf_heun_const": ft.partial(
+        vd.samplers.probability_flow,
+        schedule=COSINE,
+        solver=dfx.Heun(),
+        stepsize_controller=dfx.ConstantStepSize(),
+        dt0=-0.1,
+        final_denoise=True,
+    ),
+    "sde_euler": ft.partial(vd.samplers.reverse_sde, schedule=COSINE, num_steps=7),
+    "sde_heun": ft.partial(vd.samplers.reverse_sde, schedule=COSINE, num_steps=7, solver=dfx.Heun()),
+    "sde_shark": ft.partial(vd.samplers.reverse_sde, schedule=LINEAR, num_steps=7, solver=dfx.ShARK()),
+}
+
+
+@pytest.mark.parametrize("name", list(NFE_CASES))
+def test_nfe_equals_denoiser_calls(name):
+    n = 3
+    _CALLS.clear()
+    x, nfe = NFE_CASES[name](Recording(MIX.denoiser), (n, 2), key=jr.key(12))
+    jax.block_until_ready(x)
+    jax.effects_barrier()
+    assert len(_CALLS) % n == 0
+    assert int(nfe) == len(_CALLS) // n, (int(nfe), len(_CALLS) / n)
+
+
+# --- classifier-free guidance ----------------------------------------------------------------
+
+
+class CondMixture(eqx.Module):
+    """Conditional denoiser: label k selects component k; label K (null) is the whole mixture."""
+
+    g: vd.oracle.GaussianMixture
+
+    def __call__(self, z, lam, *, label):
+        k = self.g.means.shape[0]
+        idx = jnp.arange(k)
+        logw = jnp.where(label >= k, self.g.log_weights, jnp.where(idx == label, 0.0, -1e30))
+        return eqx.tree_at(lambda m: m.log_weights, self.g, logw).denoiser(z, lam)
+
+
+GUIDED = {
+    "ancestral": ft.partial(vd.samplers.ancestral, schedule=COSINE, num_steps=8),
+    "edm": ft.partial(vd.samplers.edm, num_steps=5, s_churn=2.0),
+    "probability_flow": ft.partial(
+        vd.samplers.probability_flow,
+        schedule=COSINE,
+        solver=dfx.Heun(),
+        stepsize_controller=dfx.ConstantStepSize(),
+        dt0=-0.1,
+    ),
+    "reverse_sde": ft.partial(vd.samplers.reverse_sde, schedule=LINEAR, num_steps=8),
+}
+
+
+@eqx.filter_jit
+def _guided_run(sampler, scale, key):
+    return sampler(CondMixture(MIX), (64, 2), key=key, label=1, null_label=3, guidance_scale=scale)
+
+
+@eqx.filter_jit
+def _plain_run(sampler, denoiser, key):
+    return sampler(denoiser, (64, 2), key=key)
+
+
+@pytest.mark.parametrize("name", list(GUIDED))
+def test_guidance_scale_zero_and_one(name):
+    sampler, key = GUIDED[name], jr.key(13)
+    g0, nfe_g = _guided_run(sampler, jnp.asarray(0.0), key)
+    g1, _ = _guided_run(sampler, jnp.asarray(1.0), key)
+    uncond, nfe_u = _plain_run(sampler, ft.partial(CondMixture(MIX), label=jnp.asarray(3)), key)
+    cond, _ = _plain_run(sampler, ft.partial(CondMixture(MIX), label=jnp.asarray(1)), key)
+    assert np.allclose(g0, uncond, atol=1e-4)
+    assert np.allclose(g1, cond, atol=1e-3)
+    assert not np.allclose(cond, uncond, atol=1e-2)
+    assert int(nfe_g) == 2 * int(nfe_u)  # two network calls per guided evaluation
+    # the wrapper gives the same result as the keyword arguments
+    wrapped, _ = _plain_run(sampler, vd.samplers.guided(CondMixture(MIX), 1, 3, 0.0), key)
+    assert np.allclose(wrapped, g0, atol=1e-5)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_trained_range_warns():
+    with pytest.warns(UserWarning, match="trained_range"):
+        vd.samplers.ancestral(
+            MIX.denoiser, (2, 2), key=jr.key(0), schedule=COSINE, num_steps=2, trained_range=(-10, 10)
+        )
+    with pytest.warns(UserWarning, match="beyond the range"):
+        vd.samplers.edm(MIX.denoiser, (2, 2), key=jr.key(0), num_steps=2, trained_range=(-5.0, 20.0))
+    with pytest.warns(UserWarning, match="trained_range"):
+        vd.samplers.reverse_sde(
+            MIX.denoiser, (2, 2), key=jr.key(0), schedule=COSINE, num_steps=2, trained_range=(-15, 14)
+        )
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5])
+def test_bad_steps(steps):
+    with pytest.raises(ValueError, match="`num_steps` must be a positive integer"):
+        vd.samplers.ancestral(MIX.denoiser, (2, 2), key=jr.key(0), schedule=COSINE, num_steps=steps)
+    with pytest.raises(ValueError, match="`num_steps` must be a positive integer"):
+        vd.samplers.edm(MIX.denoiser, (2, 2), key=jr.key(0), num_steps=steps)
+    with pytest.raises(ValueError, match="`num_steps` must be a positive integer"):
+        vd.samplers.reverse_sde(MIX.denoiser, (2, 2), key=jr.key(0), schedule=COSINE, num_steps=steps)
+
+
+def test_bad_shapes_and_outputs():
+    with pytest.raises(ValueError, match="one example of shape"):  # data shape (3,) vs a 2-D mixture
+        vd.samplers.ancestral(MIX.denoiser, (4, 3), key=jr.key(0), schedule=COSINE, num_steps=2)
+    with pytest.raises(ValueError, match="`shape` must be"):
+        vd.samplers.edm(MIX.denoiser, (4,), key=jr.key(0))
+    bad = lambda z, lam: z[:1]
+    for sampler in (
+        ft.partial(vd.samplers.ancestral, schedule=COSINE, num_steps=2),
+        ft.partial(vd.samplers.edm, num_steps=2),
+        ft.partial(vd.samplers.probability_flow, schedule=COSINE),
+        ft.partial(vd.samplers.reverse_sde, schedule=COSINE, num_steps=2),
+    ):
+        with pytest.raises(ValueError, match="same shape"):
+            sampler(bad, (4, 2), key=jr.key(0))
+    with pytest.raises(ValueError, match="one entry per sample"):
+        vd.samplers.ancestral(
+            CondMixture(MIX),
+            (4, 2),
+            key=jr.key(0),
+            schedule=COSINE,
+            num_steps=2,
+            label=jnp.zeros(3, jnp.int32),
+            null_label=3,
+        )
+    with pytest.raises(ValueError, match="`dt0` must be negative"):
+        vd.samplers.probability_flow(MIX.denoiser, (4, 2), key=jr.key(0), schedule=COSINE, dt0=0.1)
+    with pytest.raises(ValueError, match="`x` must be a batch"):
+        vd.samplers.log_likelihood(MIX.denoiser, jnp.zeros(2), key=jr.key(0), schedule=COSINE)
+    with pytest.raises(ValueError, match="not supported"):
+        vd.samplers.probability_flow(MIX.denoiser, (4, 2), key=jr.key(0), schedule=COSINE, solver=dfx.Kvaerno5())
