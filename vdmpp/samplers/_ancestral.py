@@ -26,7 +26,7 @@ def ancestral(
     label=None,
     null_label=None,
     guidance_scale: FloatScalarLike | None = None,
-    trained_range: tuple[float, float] | None = None,
+    trained_range: tuple | None = None,
     dtype=jnp.float32,
 ) -> tuple[Array, int]:
     r"""Ancestral sampling from $q(z_s | z_t, x = \hat x(z_t))$ on the grid $t_k = k/N$ of `schedule`.

@@ -70,7 +70,7 @@ def probability_flow(
     label=None,
     null_label=None,
     guidance_scale: FloatScalarLike | None = None,
-    trained_range: tuple[float, float] | None = None,
+    trained_range: tuple | None = None,
     dtype=jnp.float32,
 ) -> tuple[Array, Array]:
     r"""Solve the probability-flow ODE $dz = \tfrac12\lambda'(t)(\sigma^2 z - \sigma\hat\epsilon)\,dt$ from $t=1$ to $t=0$.
@@ -145,7 +145,7 @@ def reverse_sde(
     label=None,
     null_label=None,
     guidance_scale: FloatScalarLike | None = None,
-    trained_range: tuple[float, float] | None = None,
+    trained_range: tuple | None = None,
     dtype=jnp.float32,
 ) -> tuple[Array, Array]:
     r"""Solve the reverse SDE $dz = \lambda'(t)(\tfrac12\sigma^2 z - \sigma\hat\epsilon)\,dt + \sigma\sqrt{-\lambda'}\,d\bar w$ from $t=1$ to $0$.

@@ -58,7 +58,7 @@ def edm(
     label=None,
     null_label=None,
     guidance_scale: FloatScalarLike | None = None,
-    trained_range: tuple[float, float] | None = None,
+    trained_range: tuple | None = None,
     dtype=jnp.float32,
 ) -> tuple[Array, int]:
     r"""EDM's stochastic sampler (Karras et al. 2022, Alg. 2) with Euler steps and a Heun correction.
