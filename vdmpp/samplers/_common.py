@@ -13,7 +13,7 @@ from .._types import Array, Float, FloatScalarLike
 
 
 class Guided(eqx.Module):
-    r"""Classifier-free guidance: $\hat\epsilon = \hat\epsilon(z;\varnothing) + w(\hat\epsilon(z;c) - \hat\epsilon(z;\varnothing))$.
+    r"""Classifier-free guidance: $\hat\epsilon_\varnothing + w(\hat\epsilon_c - \hat\epsilon_\varnothing)$.
 
     Scale $w = 0$ is the unconditional model, $w = 1$ the conditional one, $w > 1$ guides. Each
     evaluation calls the wrapped denoiser twice (conditional and unconditional), and samplers count

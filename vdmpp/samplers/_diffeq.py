@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
+import numpy as np
 
 from .._types import Array, Float, FloatScalarLike, PRNGKeyArray
 from ..process import vp_alpha_sigma
@@ -22,7 +23,7 @@ from ._nfe import check_solver, evals_per_solve
 
 
 def pf_drift(eps_fn: Callable, schedule: AbstractSchedule, t, z):
-    r"""Probability-flow drift $\tfrac12\lambda'(t)(\sigma^2 z - \sigma\hat\epsilon(z;\lambda_t))$ (batched `eps_fn`)."""
+    r"""Probability-flow drift $\tfrac12\lambda'(t)(\sigma^2 z - \sigma\hat\epsilon(z;\lambda_t))$, batched."""
     t = jnp.asarray(t, z.dtype)
     lam = schedule.lam(t)
     dlam = schedule.dlam_dt(t)
@@ -36,7 +37,11 @@ def _check_ts(ts, dtype) -> Array | None:
     ts = jnp.asarray(ts, dtype)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a 1-D array of times in [0, 1]; got shape {ts.shape}.")
-    if not isinstance(ts, jax.core.Tracer):
+    try:
+        concrete = np.asarray(ts)
+    except jax.errors.TracerArrayConversionError:
+        concrete = None
+    if concrete is not None:
         if bool(jnp.any((ts < 0) | (ts > 1))) or bool(jnp.any(jnp.diff(ts) > 0)):
             raise ValueError(f"`ts` must be non-increasing times in [0, 1] (we integrate from t=1 to t=0); got {ts}.")
     return ts
@@ -73,7 +78,7 @@ def probability_flow(
     trained_range: tuple | None = None,
     dtype=jnp.float32,
 ) -> tuple[Array, Array]:
-    r"""Solve the probability-flow ODE $dz = \tfrac12\lambda'(t)(\sigma^2 z - \sigma\hat\epsilon)\,dt$ from $t=1$ to $t=0$.
+    r"""Solve the probability-flow ODE $dz = \tfrac12\lambda'(t)(\sigma^2 z - \sigma\hat\epsilon)\,dt$ from $t=1$ to 0.
 
     $z_1 \sim N(0, I)$; the whole batch is one diffrax state. Solver, step-size controller, `dt0`
     (negative: we integrate backwards) and `max_steps` go to `diffrax.diffeqsolve` unchanged.
@@ -148,7 +153,9 @@ def reverse_sde(
     trained_range: tuple | None = None,
     dtype=jnp.float32,
 ) -> tuple[Array, Array]:
-    r"""Solve the reverse SDE $dz = \lambda'(t)(\tfrac12\sigma^2 z - \sigma\hat\epsilon)\,dt + \sigma\sqrt{-\lambda'}\,d\bar w$ from $t=1$ to $0$.
+    r"""Solve the reverse SDE from $t=1$ to 0 (K&G eq. 133).
+
+    $dz = \lambda'(t)(\tfrac12\sigma^2 z - \sigma\hat\epsilon)\,dt + \sigma\sqrt{-\lambda'}\,d\bar w$.
 
     `MultiTerm(ODETerm(drift), ControlTerm(g, VirtualBrownianTree))` with a
     `lineax.DiagonalLinearOperator` diffusion; the noise is additive (it depends on $t$ only), so Itô

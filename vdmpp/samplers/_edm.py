@@ -13,7 +13,9 @@ from ._common import check_shape, check_steps, check_trained_range, float_dtype,
 
 
 def edm_sigmas(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> np.ndarray:
-    r"""EDM's noise levels $\sigma_i = (\sigma_{max}^{1/\rho} + \tfrac{i}{N-1}(\sigma_{min}^{1/\rho} - \sigma_{max}^{1/\rho}))^\rho$, $\sigma_N = 0$.
+    r"""EDM's noise levels, $\sigma_N = 0$ and for $i < N$ (Karras et al. eq. 5).
+
+    $\sigma_i = (\sigma_{max}^{1/\rho} + \tfrac{i}{N-1}(\sigma_{min}^{1/\rho} - \sigma_{max}^{1/\rho}))^\rho$.
 
     Returns a float64 NumPy array of length $N + 1$ (THEORY §7; Karras et al. eq. 5). For $N = 1$ the
     grid is $(\sigma_{max}, 0)$.
@@ -27,7 +29,7 @@ def edm_sigmas(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float =
 
 
 def edm_gamma(num_steps: int, s_churn: float) -> float:
-    r"""EDM's churn per step, $\gamma = \min(S_{churn}/N, \sqrt2 - 1)$ (applied where $\sigma_i \in [S_{min}, S_{max}]$)."""
+    r"""EDM's churn per step, $\gamma = \min(S_{churn}/N, \sqrt2 - 1)$, used where $\sigma_i \in [S_{min}, S_{max}]$."""
     n = check_steps(num_steps)
     if not (math.isfinite(s_churn) and s_churn >= 0):
         raise ValueError(f"`s_churn` must be finite and >= 0; got {s_churn}.")

@@ -4,7 +4,8 @@ Along the probability-flow ODE $dz/dt = F(z, t)$ the log-density obeys the insta
 variables $d\log p_t(z_t)/dt = -\nabla\cdot F$, so
 $\log p_0(z_0) = \log N(z_1; 0, I) + \int_0^1 \nabla\cdot F(z_t, t)\,dt$, integrated forwards from the data
 at $t = 0$ ($\lambda_{max}$) to $t = 1$ ($\lambda_{min}$, where the prior is $N(0, I)$). With
-$F = \tfrac12\lambda'(\sigma^2 z - \sigma\hat\epsilon)$, $\nabla\cdot F = \tfrac12\lambda'(\sigma^2 D - \sigma\,\mathrm{tr}\,\partial\hat\epsilon/\partial z)$.
+$F = \tfrac12\lambda'(\sigma^2 z - \sigma\hat\epsilon)$,
+$\nabla\cdot F = \tfrac12\lambda'(\sigma^2 D - \sigma\,\mathrm{tr}\,\partial\hat\epsilon/\partial z)$.
 The trace is exact (forward-mode Jacobian, $D$ JVPs: for small $D$) or Hutchinson's
 $v^\top (\partial\hat\epsilon/\partial z) v$ with $K$ Rademacher probes $v$ held fixed along the path; each
 probe gives an unbiased estimate, and their mean and standard error $\mathrm{sd}/\sqrt K$ are reported.
