@@ -5,8 +5,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
-from .._types import Array, FloatScalarLike, PRNGKeyArray
+from .._types import Array, ArrayLike, Float, FloatScalarLike, PRNGKeyArray
 from ..losses import decoder_logits
 from ..process import vp_alpha_sigma, vp_log_alpha_sigma
 from ..schedules import AbstractSchedule
@@ -18,8 +19,9 @@ def ancestral(
     shape: tuple[int, ...],
     *,
     key: PRNGKeyArray,
-    schedule: AbstractSchedule,
-    num_steps: int,
+    schedule: AbstractSchedule | None = None,
+    num_steps: int | None = None,
+    lams: Float[ArrayLike, " M"] | None = None,
     final_denoise: bool = True,
     num_levels: int | None = None,
     decode_argmax: bool = True,
@@ -45,6 +47,8 @@ def ancestral(
         key: PRNG key.
         schedule: the sampling schedule; any schedule works (the denoiser is fed $\lambda$).
         num_steps: number of ancestral steps $N$.
+        lams: instead of `schedule` and `num_steps`, any grid of log-SNRs, strictly increasing from
+            $\lambda_{min}$ (where sampling starts) to $\lambda_{max}$; $N$ = `len(lams) - 1`.
         final_denoise: return $\hat x(z_0)$ (one more network call) instead of $z_0$.
         num_levels: decode to integer levels $\{0..L-1\}$ through the discretised decoder
             (no extra network call); `None` for continuous data.
@@ -58,12 +62,27 @@ def ancestral(
         network calls per sample.
     """
     shape = check_shape(shape)
-    num_steps = check_steps(num_steps)
     dtype = float_dtype(dtype)
-    check_trained_range(schedule.lam_min, schedule.lam_max, trained_range, "ancestral")
+    if lams is None:
+        if schedule is None or num_steps is None:
+            raise ValueError("ancestral needs `schedule` and `num_steps` (or an explicit grid `lams`).")
+        steps = check_steps(num_steps)
+        check_trained_range(schedule.lam_min, schedule.lam_max, trained_range, "ancestral")
+        lams = schedule.lam(jnp.arange(steps + 1, dtype=dtype) / steps)  # lams[0] = lam_max
+    else:
+        if schedule is not None or num_steps is not None:
+            raise ValueError("Pass either `lams` or (`schedule`, `num_steps`) to ancestral, not both.")
+        grid = np.asarray(lams, np.float64)
+        if grid.ndim != 1 or grid.shape[0] < 2 or not np.all(np.diff(grid) > 0) or not np.all(np.isfinite(grid)):
+            raise ValueError(
+                f"`lams` must be a finite 1-D grid of at least 2 log-SNRs, strictly increasing from lam_min to "
+                f"lam_max; got {grid}."
+            )
+        check_trained_range(float(grid[0]), float(grid[-1]), trained_range, "ancestral")
+        steps = grid.shape[0] - 1
+        lams = jnp.asarray(grid[::-1].copy(), dtype)  # lams[0] = lam_max
     eps_fn, calls = prepare(denoiser, shape, dtype, label, null_label, guidance_scale)
 
-    lams = schedule.lam(jnp.arange(num_steps + 1, dtype=dtype) / num_steps)  # lams[0] = lam_max
     init_key, step_key, dec_key = jr.split(key, 3)
     z = jr.normal(init_key, shape, dtype)
 
@@ -78,10 +97,10 @@ def ancestral(
         return z, None
 
     # from t_N = 1 down to t_0 = 0
-    keys = jr.split(step_key, num_steps)
+    keys = jr.split(step_key, steps)
     z, _ = jax.lax.scan(step, z, (lams[1:][::-1], lams[:-1][::-1], keys))
     lam0 = lams[0]
-    nfe = num_steps * calls
+    nfe = steps * calls
     if num_levels is not None:
         logits = jax.vmap(lambda zi: decoder_logits(zi, lam0, num_levels))(z)
         if decode_argmax:
