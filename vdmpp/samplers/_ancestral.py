@@ -102,7 +102,10 @@ def ancestral(
     lam0 = lams[0]
     nfe = steps * calls
     if num_levels is not None:
-        logits = jax.vmap(lambda zi: decoder_logits(zi, lam0, num_levels))(z)
+        # elementwise (scalar z's): decoder_logits broadcasts (..., 1) against (L,), which strict rank
+        # promotion rejects for non-scalar inputs
+        flat = jax.vmap(lambda zi: decoder_logits(zi, lam0, num_levels))(z.reshape(-1))
+        logits = flat.reshape(*z.shape, num_levels)
         if decode_argmax:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32), nfe
         return jr.categorical(dec_key, logits, axis=-1).astype(jnp.int32), nfe
