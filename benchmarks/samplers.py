@@ -144,6 +144,7 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5))
     for ax, res in zip(np.atleast_1d(axes), results):
         for name, rows in res["samplers"].items():
+            rows = sorted(rows, key=lambda r: r["nfe"])  # adaptive solvers: NFE is not monotone in the budget
             ax.plot([r["nfe"] for r in rows], [r["sliced_w2"] for r in rows], "o-", label=name)
         ax.axhline(res["floor_sliced_w2"], color="k", ls="--", lw=1, label="finite-sample floor (mean of 5)")
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="sliced W2 to exact sample")
