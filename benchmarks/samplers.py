@@ -132,6 +132,7 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -156,6 +157,7 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
     os.close(fd)
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
