@@ -2,7 +2,15 @@
 
 import importlib.metadata
 
-from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
+from . import (
+    data as data,
+    losses as losses,
+    nn as nn,
+    oracle as oracle,
+    process as process,
+    schedules as schedules,
+    weighting as weighting,
+)
 
 
 __version__ = importlib.metadata.version("vdmpp")
