@@ -16,7 +16,7 @@ def _perturb(model, key, scale=0.1):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
     rng = np.random.default_rng(np.asarray(jr.key_data(key)).ravel().tolist())  # NumPy: no compile per shape
-    leaves = [x + jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+    leaves = [jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape).astype(x.dtype)) for x in leaves]
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
@@ -129,19 +129,18 @@ def test_unet_conditioning_vmap_dropout(unet, getkey):
     lam = jnp.array([-5.0, 5.0, 0.0, 0.0])
     label = jnp.array([0, 0, 1, 3])
     keys = jr.split(getkey(), 4)
-    out = _apply(model, z, lam, label, keys, True)
+    out = np.asarray(_apply(model, z, lam, label, keys, True))
     assert np.all(np.isfinite(out))
     lam_effect = np.abs(out[0] - out[1]).max()
     class_effect = np.abs(out[2] - out[3]).max()  # class 1 vs null class 3, same lam
     assert lam_effect > 1e-3 and class_effect > 1e-3
-    # vmap equals the example-by-example result (jitted per example)
-    single = eqx.filter_jit(lambda m, z_, l_, y_: m(z_, l_, label=y_, inference=True))
-    for i in range(4):
-        np.testing.assert_allclose(out[i], single(model, z[i], lam[i], label[i]), rtol=1e-4, atol=1e-5)
+    # no leakage between examples under vmap: a permuted batch gives the permuted outputs (same compiled fn)
+    perm = jnp.array([3, 1, 0, 2])
+    np.testing.assert_allclose(
+        _apply(model, z[perm], lam[perm], label[perm], keys[perm], True), out[np.asarray(perm)], rtol=1e-5, atol=1e-6
+    )
     # dropout: same key -> same output; different key -> different; none needed at inference
-    d1 = _apply(model, z, lam, label, keys, False)
-    d2 = _apply(model, z, lam, label, keys, False)
-    d3 = _apply(model, z, lam, label, jr.split(getkey(), 4), False)
+    d1, d2, d3 = (np.asarray(_apply(model, z, lam, label, k, False)) for k in (keys, keys, jr.split(getkey(), 4)))
     np.testing.assert_array_equal(d1, d2)
     assert not np.allclose(d1, d3) and not np.allclose(d1, out)
     with pytest.raises(ValueError, match="no `key`"):
