@@ -156,3 +156,71 @@ def test_unet_bad_inputs(unet):
         vd.nn.UNet(1, base_channels=6, num_groups=4, key=jr.key(0))
     with pytest.raises(ValueError, match="`attention_levels`"):
         vd.nn.UNet(1, channel_mults=(1, 2), attention_levels=(2,), key=jr.key(0))
+
+
+# ----------------------------------------------------------------------------------------- transformer
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return vd.nn.Transformer(5, 12, dim=16, depth=2, num_heads=2, mlp_ratio=2, dropout=0.2, key=jr.key(2))
+
+
+@eqx.filter_jit
+def _apply_tokens(model, tokens, lam, key, inference):
+    return jax.vmap(lambda t_, l_, k_: model(t_, l_, key=k_, inference=inference))(tokens, lam, key)
+
+
+def test_transformer_uniform_at_init_and_shapes(transformer, getkey):
+    tokens = jr.randint(getkey(), (3, 4, 3), 0, 6)  # a 4x3 grid; 5 is the mask
+    out = _apply_tokens(transformer, tokens, jnp.zeros(3), jr.split(getkey(), 3), True)
+    assert out.shape == (3, 4, 3, 5) and out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, np.zeros(out.shape))  # zero-initialised output: uniform over V
+    assert transformer.mask_id == 5
+
+
+def test_transformer_bidirectional_conditioning_dropout(transformer, getkey):
+    model = _perturb(transformer, getkey(), scale=0.3)
+    base = jr.randint(getkey(), (12,), 0, 5)
+    changed_last = base.at[-1].set((base[-1] + 1) % 5)
+    masked_last = base.at[-1].set(5)
+    tokens = jnp.stack([base, changed_last, masked_last, base])
+    lam = jnp.array([0.0, 0.0, 0.0, 4.0])
+    keys = jr.split(getkey(), 4)
+    out = np.asarray(_apply_tokens(model, tokens, lam, keys, True))
+    assert np.all(np.isfinite(out))
+    assert np.abs(out[0, 0] - out[1, 0]).max() > 1e-4  # position 0 sees the last token: not causal
+    assert np.abs(out[0, 0] - out[2, 0]).max() > 1e-4  # and the mask token is a symbol of its own
+    assert np.abs(out[0] - out[3]).max() > 1e-4  # λ conditioning
+    # λ = ±inf (masked diffusion at t in {0, 1}) is clipped, finite
+    inf_out = _apply_tokens(model, tokens, jnp.array([jnp.inf, -jnp.inf, 0.0, 0.0]), keys, True)
+    assert np.all(np.isfinite(np.asarray(inf_out)))
+    perm = jnp.array([2, 0, 3, 1])
+    np.testing.assert_allclose(
+        _apply_tokens(model, tokens[perm], lam[perm], keys[perm], True), out[np.asarray(perm)], rtol=1e-5, atol=1e-6
+    )
+    d1, d2, d3 = (np.asarray(_apply_tokens(model, tokens, lam, k, False)) for k in (keys, keys, jr.split(getkey(), 4)))
+    np.testing.assert_array_equal(d1, d2)
+    assert not np.allclose(d1, d3) and not np.allclose(d1, out)
+
+
+def test_transformer_sinusoidal_any_length_and_unconditioned(getkey):
+    model = vd.nn.Transformer(
+        3, dim=8, depth=1, num_heads=1, mlp_ratio=1, learned_positions=False, lam_conditioning=False, key=getkey()
+    )
+    model = _perturb(model, getkey(), scale=0.3)
+    f = eqx.filter_jit(lambda m, t, l: m(t, l, inference=True))
+    t = jnp.array([0, 1, 2, 3, 0, 1])
+    assert f(model, t, 0.0).shape == (6, 3) and f(model, t[:4], 0.0).shape == (4, 3)
+    np.testing.assert_array_equal(f(model, t, -3.0), f(model, t, 3.0))  # no λ conditioning: λ is ignored
+
+
+def test_transformer_bad_inputs(transformer):
+    with pytest.raises((ValueError, RuntimeError), match=r"`tokens` must be in \[0, 5\]"):
+        transformer(jnp.full((12,), 6), 0.0, inference=True)
+    with pytest.raises(ValueError, match="seq_len=12"):
+        transformer(jnp.zeros((3, 3), jnp.int32), 0.0, inference=True)
+    with pytest.raises((TypeError,), match="integer array|parameter 'tokens'"):
+        transformer(jnp.zeros(12), 0.0, inference=True)
+    with pytest.raises(ValueError, match="needs `seq_len`"):
+        vd.nn.Transformer(5, key=jr.key(0))
