@@ -282,3 +282,16 @@ def test_toy(name):
     if name == "toy:checkerboard":
         u = d.train * 1.0
         assert np.all((np.floor(u[:, 0]) + np.floor(u[:, 1])) % 2 == 0)  # only the "black" squares
+
+
+def test_pipeline_state_is_json_and_restores_after_roundtrip():
+    import json
+
+    x = np.arange(30, dtype=np.uint8)[:, None]
+    it = iter(vd.data.pipeline(x, batch_size=7, seed=2))
+    _take(it, 9)  # 63 examples: inside the third epoch
+    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+    expected = _take(it, 6)
+    fresh = iter(vd.data.pipeline(x, batch_size=7, seed=2))
+    fresh.set_state(state)
+    assert _batches_equal(_take(fresh, 6), expected)
