@@ -145,23 +145,26 @@ def _write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_from_idx_files(tmp_path):
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
+def test_idx_files(tmp_path, name):
     rng = np.random.default_rng(0)
     tr, te = rng.integers(0, 256, (5, 28, 28)), rng.integers(0, 256, (3, 28, 28))
     _write_idx(tmp_path / "train-images-idx3-ubyte.gz", tr)
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(5))
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", te)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([7, 8, 9]))
-    d = vd.data.load("fashion_mnist", root=tmp_path)
+    d = vd.data.load(name, root=tmp_path)
     np.testing.assert_array_equal(d.train[..., 0], tr)
     np.testing.assert_array_equal(d.test[..., 0], te)
     np.testing.assert_array_equal(d.test_labels, [7, 8, 9])
-    assert d.train.dtype == np.uint8 and d.num_levels == 256
+    assert d.train.dtype == np.uint8 and d.num_levels == 256 and d.name == name
 
 
-def test_fashion_mnist_missing_says_how_to_install(tmp_path):
+def test_idx_missing_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         vd.data.load("fashion_mnist", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="MNIST IDX files not found.*bundled 5000-image subset"):
+        vd.data.load("mnist", root=tmp_path)
 
 
 def test_missing_path_and_unknown_name(tmp_path):

