@@ -23,7 +23,7 @@ TOY_NAMES = ("two_moons", "checkerboard", "gaussian_mixture", "swiss_roll")
 BUILTIN_NAMES = ("digits", "mnist", "fashion_mnist") + tuple(f"toy:{n}" for n in TOY_NAMES)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
 class Dataset:
     """A data set with a fixed train/test split (NumPy arrays on the host).
 
