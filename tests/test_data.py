@@ -298,3 +298,20 @@ def test_pipeline_state_is_json_and_restores_after_roundtrip():
     fresh = iter(vd.data.pipeline(x, batch_size=7, seed=2))
     fresh.set_state(state)
     assert _batches_equal(_take(fresh, 6), expected)
+
+
+def test_text_unicode_and_bad_arguments(tmp_path):
+    (tmp_path / "u.txt").write_text("żółw ćma " * 4, encoding="utf-8")
+    d = vd.data.load(tmp_path / "u.txt", seq_len=4)
+    assert "ż" in d.vocab and d.num_levels == len(set("żółw ćma "))
+    seqs = np.concatenate([d.train, d.test])
+    assert "".join(d.vocab[i] for i in seqs.ravel()) == ("żółw ćma " * 4)[: seqs.size]
+    with pytest.raises(ValueError, match="character 'ż' at position 0"):
+        vd.data.load(tmp_path / "u.txt", alphabet="abc ", seq_len=4)
+    with pytest.raises(ValueError, match="repeated"):
+        vd.data.load(tmp_path / "u.txt", alphabet="aa", seq_len=4)
+    (tmp_path / "e.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        vd.data.load(tmp_path / "e.txt")
+    with pytest.raises(ValueError, match="too few for two sequences"):
+        vd.data.load(tmp_path / "u.txt", seq_len=1000)
