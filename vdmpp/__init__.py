@@ -2,15 +2,8 @@
 
 import importlib.metadata
 
-from . import (
-    data as data,
-    losses as losses,
-    nn as nn,
-    oracle as oracle,
-    process as process,
-    schedules as schedules,
-    weighting as weighting,
-)
+from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
+from . import data as data, nn as nn
 
 
 __version__ = importlib.metadata.version("vdmpp")
