@@ -6,10 +6,11 @@ consistent with the unmasked tokens of $z_t$, $\mu^*(v \mid z)_n \propto \#\{k :
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._types import Array, Float, FloatScalarLike, Int
+from ._types import Array, ArrayLike, Float, FloatScalarLike, Int
 
 
 class EmpiricalMaskedDenoiser(eqx.Module):
@@ -29,7 +30,7 @@ class EmpiricalMaskedDenoiser(eqx.Module):
     vocab_size: int = eqx.field(static=True)
     mask_id: int = eqx.field(static=True)
 
-    def __init__(self, data: Int[Array, "N *shape"], vocab_size: int, mask_id: int):
+    def __init__(self, data: Int[ArrayLike, "N *shape"], vocab_size: int, mask_id: int):
         data = jnp.asarray(data)
         if data.ndim < 2:
             raise ValueError(f"`data` must be shaped (N, *shape) with N rows; got shape {data.shape}.")
@@ -60,7 +61,7 @@ class EmpiricalMaskedDenoiser(eqx.Module):
         r"""Logits $\log\#\{k: x_k \sim z, x_k^n = v\}$ over the $V$ real tokens at every position."""
         del lam
         w = self.consistent(z)
-        onehot = (self.data[..., None] == jnp.arange(self.vocab_size)).astype(jnp.float32)
+        onehot = jax.nn.one_hot(self.data, self.vocab_size, dtype=jnp.float32)
         counts = jnp.tensordot(w, onehot, axes=1)
         logits = jnp.where(counts > 0, jnp.log(jnp.maximum(counts, 1.0)), -jnp.inf)
         return jnp.where(jnp.sum(w) > 0, logits, jnp.zeros_like(logits))

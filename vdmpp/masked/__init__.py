@@ -7,6 +7,12 @@ from ._process import (
     masks_from_uniforms as masks_from_uniforms,
     sample_mask as sample_mask,
 )
+from ._reweighted import (
+    reweighted_loss as reweighted_loss,
+    reweighted_loss_at as reweighted_loss_at,
+    Simple as Simple,
+    tilde_weight as tilde_weight,
+)
 from ._schedules import (
     AbstractMaskingSchedule as AbstractMaskingSchedule,
     CosineSchedule as CosineSchedule,
