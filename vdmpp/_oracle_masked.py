@@ -40,11 +40,12 @@ class EmpiricalMaskedDenoiser(eqx.Module):
             raise ValueError(f"`vocab_size` must be a positive int; got {vocab_size!r}.")
         if not isinstance(mask_id, (int, np.integer)) or mask_id < 0:
             raise ValueError(f"`mask_id` must be a non-negative int; got {mask_id!r}.")
-        arr = np.asarray(data)
-        if arr.min() < 0 or arr.max() >= vocab_size:
-            raise ValueError(f"`data` ids must lie in [0, {vocab_size}); got [{arr.min()}, {arr.max()}].")
-        if np.any(arr == mask_id):
-            raise ValueError(f"`data` contains mask_id={mask_id}; the mask token must not be a data token.")
+        if not isinstance(data, jax.core.Tracer):  # traced data (inside jit) cannot be checked here
+            arr = np.asarray(data)
+            if arr.min() < 0 or arr.max() >= vocab_size:
+                raise ValueError(f"`data` ids must lie in [0, {vocab_size}); got [{arr.min()}, {arr.max()}].")
+            if np.any(arr == mask_id):
+                raise ValueError(f"`data` contains mask_id={mask_id}; the mask token must not be a data token.")
         self.data = data.astype(jnp.int32)
         self.vocab_size = int(vocab_size)
         self.mask_id = int(mask_id)

@@ -1,5 +1,11 @@
 r"""Masked (absorbing) diffusion: schedules, ELBO, reweighted losses, the improved-ELBO cascade, samplers."""
 
+from ._cascade import (
+    cascade as cascade,
+    cascade_terms as cascade_terms,
+    cascade_terms_at as cascade_terms_at,
+    weighted_cascade as weighted_cascade,
+)
 from ._elbo import bits_per_token as bits_per_token, elbo as elbo, elbo_at as elbo_at
 from ._process import (
     apply_mask as apply_mask,
