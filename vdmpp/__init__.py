@@ -3,8 +3,10 @@
 import importlib.metadata
 
 from . import (
+    data as data,
     losses as losses,
     masked as masked,
+    nn as nn,
     oracle as oracle,
     process as process,
     schedules as schedules,
