@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._types import Array, Float, FloatLike
+from ._types import Array, ArrayLike, Float, FloatLike
 from .schedules import AbstractSchedule
 
 
@@ -159,8 +159,10 @@ class AdaptiveSchedule(eqx.Module):
         init_value: float = 1.0,
         floor: float = 1e-3,
     ):
-        if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
-            raise ValueError(f"`num_bins` of AdaptiveSchedule must be an integer >= 1; got {num_bins!r}.")
+        if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)):
+            raise TypeError(f"`num_bins` of AdaptiveSchedule must be an integer (e.g. 100); got {num_bins!r}.")
+        if num_bins < 1:
+            raise ValueError(f"`num_bins` of AdaptiveSchedule must be >= 1 (e.g. 100); got {num_bins!r}.")
         for arg, value in (("lam_min", lam_min), ("lam_max", lam_max), ("decay", decay), ("init_value", init_value)):
             if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
                 raise TypeError(f"`{arg}` of AdaptiveSchedule must be a Python number; got {value!r}.")
@@ -246,8 +248,8 @@ class AdaptiveSchedule(eqx.Module):
     def update(
         self,
         state: AdaptiveState,
-        lam: Float[Array, " batch"],
-        values: Float[Array, " batch"],
+        lam: Float[ArrayLike, " batch"],
+        values: Float[ArrayLike, " n"],
         *,
         axis_name=None,
     ) -> AdaptiveState:
@@ -276,9 +278,11 @@ class AdaptiveSchedule(eqx.Module):
         dtype = state.ema.dtype
         values = values.astype(dtype)
         valid = jnp.isfinite(values) & (values >= 0) & jnp.isfinite(lam)
-        bins = self.bin_index(lam)
-        sums = jax.ops.segment_sum(jnp.where(valid, values, 0.0), bins, num_segments=self.num_bins)
-        counts = jax.ops.segment_sum(valid.astype(dtype), bins, num_segments=self.num_bins)
+        # per-bin sums and counts as a reduction over the batch axis of a (batch, num_bins) one-hot
+        # (not a scatter): a plain reduction partitions cleanly when the batch is sharded under jit.
+        onehot = (self.bin_index(lam)[:, None] == jnp.arange(self.num_bins)[None, :]) & valid[:, None]
+        sums = jnp.sum(jnp.where(onehot, values[:, None], 0.0), axis=0)
+        counts = jnp.sum(onehot.astype(dtype), axis=0)
         if axis_name is not None:
             sums, counts = jax.lax.psum((sums, counts), axis_name)
         hit = counts > 0
