@@ -346,19 +346,6 @@ _CONV_BATCH, _CONV_STEPS = 512, 2000
 
 
 @eqx.filter_jit
-def _converge(a, data, weighting, key):
-    den = vd.oracle.EmpiricalDenoiser(data)
-
-    def step(state, k):
-        k1, k2 = jr.split(k)
-        x = data[jr.randint(k1, (_CONV_BATCH,), 0, data.shape[0])]
-        _, aux = vd.losses.weighted_loss(den, x, key=k2, schedule=a.bind(state), weighting=weighting, return_aux=True)
-        return a.update(state, aux.lam, aux.values), None
-
-    return jax.lax.scan(step, a.init(), jr.split(key, _CONV_STEPS))[0]
-
-
-@eqx.filter_jit
 def _bin_average_target(data, key, weighting, lam_min, lam_max, num_bins):
     # independent estimate of the bin average of w(lam) E||eps - eps*||^2 (lam uniform in the bin)
     m = 16000
@@ -379,7 +366,10 @@ def test_converges_to_flat_importance_weights():
     data = jr.uniform(jr.key(1), (32, 4), minval=-1.0, maxval=1.0)
     a = vd.adaptive.AdaptiveSchedule(**_CONV)
     w = vd.weighting.Sigmoid(k=2.0)
-    state = _converge(a, data, w, jr.key(2))
+    den = vd.oracle.EmpiricalDenoiser(data)
+    state = vd.adaptive.calibrate(
+        a, a.init(), den, data, weighting=w, key=jr.key(2), num_steps=_CONV_STEPS, batch_size=_CONV_BATCH
+    )
     target, se = _bin_average_target(data, jr.key(3), w, _CONV["lam_min"], _CONV["lam_max"], _CONV["num_bins"])
     assert np.all(np.asarray(se / target) < 0.03)  # the reference itself is precise
     mids = 0.5 * (a.bin_edges()[1:] + a.bin_edges()[:-1])
@@ -483,3 +473,12 @@ def test_non_finite_values_are_ignored():
     # a batch of nothing but garbage leaves the state bit-for-bit unchanged
     junk = a.update(state, lam, jnp.full_like(values, jnp.nan))
     assert np.array_equal(np.asarray(junk.ema), np.asarray(state.ema))
+
+
+def test_calibrate_bad_steps():
+    a = vd.adaptive.AdaptiveSchedule(num_bins=4)
+    data = jnp.zeros((3, 2))
+    den = vd.oracle.EmpiricalDenoiser(data)
+    with pytest.raises(ValueError, match="num_steps"):
+        w = vd.weighting.ELBO()
+        vd.adaptive.calibrate(a, a.init(), den, data, weighting=w, key=jr.key(0), num_steps=0, batch_size=4)
