@@ -414,3 +414,27 @@ def test_bad_input(getkey):
     # token ids out of range inside jit: eqx.error_if
     with pytest.raises((ValueError, RuntimeError), match="tokens"):
         _elbo_jit(ORACLE, good.at[0, 0].set(V3), key=getkey(), schedule=sched, mask_id=V3)
+
+
+def test_reweighted_loss_with_adaptive_importance(getkey):
+    # The adaptive schedule plugs in: bind(state) is the importance density, aux feeds its update, and
+    # the ELBO-weighted loss stays unbiased (ln N for the oracle; truncation to |lam| <= 12 is O(e^-12)).
+    a = vd.adaptive.AdaptiveSchedule(lam_min=-12.0, lam_max=12.0, num_bins=24, decay=0.5)
+    state = a.init()
+    tokens = jnp.asarray(np.tile(DATA, (300, 1)))
+    for _ in range(3):
+        vals, aux = _rw_jit(
+            ORACLE,
+            tokens,
+            key=getkey(),
+            schedule=M.LinearSchedule(),
+            weighting=vd.weighting.ELBO(),
+            mask_id=V3,
+            importance=a.bind(state),
+            return_aux=True,
+        )
+        state = a.update(state, aux.lam, aux.values)
+    vals = np.asarray(vals)
+    assert not np.allclose(np.asarray(state.ema), 1.0)
+    mean, se = vals.mean(), vals.std(ddof=1) / math.sqrt(vals.size)
+    assert abs(mean - math.log(len(DATA))) <= 3 * se + 1e-4, (mean, se)
