@@ -70,7 +70,7 @@ def train_one(weighting, train, *, steps, batch, lr, schedule, key, dim, depth):
     """Train a fresh model with one weighting; return the model and the loss curve."""
     mkey, dkey = jr.split(key)
     model = Denoiser(vd.nn.Transformer(V, 64, dim=dim, depth=depth, num_heads=4, lam_conditioning=True, key=mkey))
-    optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, 50, steps)))
+    optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 4), steps)))
     opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
 
     @eqx.filter_jit
