@@ -69,7 +69,10 @@ def _check_common(shape, num_steps, top_p, dtype) -> tuple[int, ...]:
 
 
 def top_p_filter(logp: Float[Array, "*shape V"], top_p: float) -> Float[Array, "*shape V"]:
-    r"""Nucleus filtering: keep the smallest set of tokens whose probability reaches `top_p`, renormalise (log space)."""
+    r"""Nucleus filtering: keep the smallest set of tokens whose probability reaches `top_p`; renormalise.
+
+    Works in log space on log-probabilities over the last axis.
+    """
     order = jnp.argsort(-logp, axis=-1)
     sorted_lp = jnp.take_along_axis(logp, order, axis=-1)
     cum = jnp.cumsum(jnp.exp(sorted_lp), axis=-1)
