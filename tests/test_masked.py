@@ -348,6 +348,15 @@ def test_cached_sampler_same_samples_fewer_nfe(getkey):
         assert int(nfe_a) == 64 and int(nfe_b) < 32, (int(nfe_a), int(nfe_b))
 
 
+def test_explicit_grid():
+    g = M.ExplicitGrid([0.0, 0.1, 0.5, 1.0])
+    assert tree_allclose(g(3), jnp.asarray([0.0, 0.1, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="num_steps"):
+        g(4)
+    with pytest.raises(ValueError, match="times"):
+        M.ExplicitGrid([0.0, 0.6, 0.5, 1.0])
+
+
 def test_top_p_filter_and_sampler(getkey):
     logp = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
     out = np.exp(np.asarray(M.top_p_filter(logp, 0.7)))
