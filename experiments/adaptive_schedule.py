@@ -113,6 +113,9 @@ def write_atomic(path: pathlib.Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the result the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
