@@ -56,7 +56,7 @@ class Config:
     batch_size: int = 512
     chunks: int = 30
     """Progress-bar chunks (each a jitted scan of num_steps/chunks updates)."""
-    reference_samples: int = 256
+    reference_samples: int = 1024
     """Monte Carlo samples per bin for the independent target estimate."""
     weightings: tuple[WeightingName, ...] = ("sigmoid2", "elbo", "edm_monotonic")
     with_moment2: bool = True
