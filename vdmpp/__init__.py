@@ -2,14 +2,9 @@
 
 import importlib.metadata
 
-from . import (
-    adaptive as adaptive,
-    losses as losses,
-    oracle as oracle,
-    process as process,
-    schedules as schedules,
-    weighting as weighting,
-)
+from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
+from . import data as data, nn as nn
+from . import adaptive as adaptive
 
 
 __version__ = importlib.metadata.version("vdmpp")
