@@ -84,7 +84,10 @@ class AbstractSchedule(eqx.Module):
         return t0, c1, (1 - t0) - c1
 
     def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
-        r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$; $\lambda(0) = \lambda_{max}$, $\lambda(1) = \lambda_{min}$."""
+        r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$.
+
+        $\lambda(0) = \lambda_{max}$ and $\lambda(1) = \lambda_{min}$.
+        """
         t = _as_float(t)
         t0, c1, width = self._t0_t1(t.dtype)
         u = t0 + width * t
