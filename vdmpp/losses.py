@@ -249,7 +249,7 @@ def decoder_logits(z0: Float[Array, "*data"], lam_max: float | Array, num_levels
     lam = jnp.asarray(lam_max, z0.dtype)
     alpha, _ = vp_alpha_sigma(lam)
     centres = uint8_to_float(jnp.arange(num_levels), num_levels).astype(z0.dtype)
-    diff = (z0 / alpha)[..., None] - centres
+    diff = (z0 / alpha)[..., None] - centres.reshape((1,) * z0.ndim + (num_levels,))  # explicit rank (strict promotion)
     return -0.5 * jnp.exp(lam) * diff**2
 
 
@@ -307,7 +307,8 @@ def _check_levels(x_int, num_levels: int) -> Array:
                 f"got values in [{lo}, {hi}]. Set `num_levels` to the data's number of levels."
             )
     else:
-        x_int = eqx.error_if(x_int, (x_int < 0) | (x_int >= num_levels), "`x_uint8` values outside [0, num_levels).")
+        wide = x_int.astype(jnp.int32)  # compare in int32: uint8 cannot hold num_levels = 256
+        x_int = eqx.error_if(x_int, (wide < 0) | (wide >= num_levels), "`x_uint8` values outside [0, num_levels).")
     return x_int
 
 
