@@ -10,6 +10,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 import pytest
+import scipy.special
 import vdmpp as vd
 from hypothesis import given
 from numpy.polynomial.legendre import leggauss
@@ -294,6 +295,28 @@ def test_discrete_time_loss_decreases_to_continuous():
     # the gap closes like 1/T: expm1(dlam)/dlam = 1 + dlam/2 + ..., dlam = 20/T
     assert gaps[-1] < 0.1 * l_inf
     assert gaps[-1] < gaps[-2] / 3  # T x4: the gap shrinks ~x4 (measured 14.6/128 vs 17.3/32)
+
+
+def test_prior_and_reconstruction_terms(getkey):
+    """Prior KL and VDM's discretised decoder against THEORY §6 written out in numpy (float64)."""
+    x = np.array([-0.9, 0.1, 0.7])
+    for lam in (-5.0, 0.0, 3.0):
+        a2, s2 = 1 / (1 + math.exp(-lam)), 1 / (1 + math.exp(lam))
+        ref = 0.5 * np.sum(s2 + a2 * x**2 - 1 - math.log(s2))
+        np.testing.assert_allclose(float(L.prior_kl(jnp.asarray(x, jnp.float32), lam)), ref, rtol=1e-5, atol=1e-7)
+    levels = 17
+    x_int = np.array([0, 5, 16])
+    eps0 = np.array([0.3, -1.2, 0.8])
+    centres = 2 * (np.arange(levels) + 0.5) / levels - 1
+    np.testing.assert_allclose(np.asarray(L.uint8_to_float(jnp.asarray(x_int), levels)), centres[x_int], rtol=1e-6)
+    for lam in (2.0, 6.0):
+        a, s = math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
+        z0 = a * centres[x_int] + s * eps0
+        logits = -0.5 * ((z0 / a)[:, None] - centres[None, :]) ** 2 / (s / a) ** 2
+        logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+        ref = -np.sum(logp[np.arange(3), x_int])
+        got = L.reconstruction_nll(jnp.asarray(x_int), jnp.asarray(eps0, jnp.float32), lam, levels)
+        np.testing.assert_allclose(float(got), ref, rtol=1e-4)
 
 
 def test_discrete_loss_key_version(getkey):
