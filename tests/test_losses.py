@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.special
 import vdmpp as vd
-from hypothesis import given
+from hypothesis import given, settings
 from numpy.polynomial.legendre import leggauss
 from vdmpp import losses as L, schedules as S, weighting as W
 
@@ -131,28 +131,33 @@ def test_schedule_invariance_quadrature_float32(getkey):
         np.testing.assert_allclose(res, results[0], rtol=1e-4)
 
 
+@settings(max_examples=5)  # each example makes 24 comparisons at 4 s.e.; keeps random (dev) runs from flaking
 @given(lam_min=st.floats(-6.0, -1.0), lam_max=st.floats(2.0, 10.0), seed=st.integers(0, 2**31 - 1))
 def test_schedule_invariance_monte_carlo(lam_min, lam_max, seed):
-    """weighted_loss (one (t, eps) per example, low-discrepancy t) agrees with the quadrature within 4 s.e.
+    """weighted_loss (one (t, eps) per example) agrees with the quadrature within 4 standard errors.
 
-    The range keeps every schedule's importance weights w/p bounded (EDMTraining's p is ~1e-4 at lam = -6).
+    Compared per schedule, weighting and time sampler (i.i.d. and the default low-discrepancy), on the loss
+    averaged over the fixed data. The range keeps every schedule's importance weights w/p bounded
+    (EDMTraining's p is ~1e-4 at lam = -6).
     """
     key = jr.key(seed)
     ekey, mkey = jr.split(key)
     eps = jr.normal(ekey, (256, DIM))
     with jax.enable_x64(True):
         per_draw = _quadrature(NET, S.LinearLogSNR(lam_min=lam_min, lam_max=lam_max), X, eps, lam_min, lam_max)
+    per_draw = per_draw.mean(1)  # average over the data: (weightings, draws)
     ref, ref_se = per_draw.mean(-1), per_draw.std(-1, ddof=1) / math.sqrt(per_draw.shape[-1])
     batch = 1024
     xb = jnp.tile(X, (batch, 1))  # interleaved, so low-discrepancy times cover [0, 1) for every example
     for i, cls in enumerate(INVARIANCE_SCHEDULES):
         sched = _arrays(cls(lam_min=lam_min, lam_max=lam_max), jnp.float32)
         mc = np.asarray(_monte_carlo(NET, sched, INVARIANCE_WEIGHTINGS, xb, jr.fold_in(mkey, i)), np.float64)
-        mc = mc.reshape(2, len(INVARIANCE_WEIGHTINGS), batch, X.shape[0])
-        mean = mc.mean(-2)
-        se = mc[0].std(-2, ddof=1) / math.sqrt(batch)  # i.i.d. s.e. (conservative for low-discrepancy)
+        mc = mc.reshape(2, len(INVARIANCE_WEIGHTINGS), batch, X.shape[0]).mean(-1)  # average over the data
+        mean = mc.mean(-1)  # (sampler, weighting)
+        se = mc[0].std(-1, ddof=1) / math.sqrt(batch)  # i.i.d. s.e. (conservative for low-discrepancy)
         tol = 4 * np.sqrt(se**2 + ref_se**2)
         assert np.all(np.abs(mean - ref) <= tol), (cls.__name__, mean, ref, se, ref_se)
+        assert np.all(se < 0.2 * ref)  # the comparison has teeth (EDMTraining at [-6, 2]: 0.10)
 
 
 # --- weighted loss: basics ------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def test_elbo_bpd_with_oracle(getkey):
     images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     assert len({im.tobytes() for im in images}) == n
     oracle = vd.oracle.EmpiricalDenoiser(L.uint8_to_float(jnp.asarray(images)))
-    reps = 2048
+    reps = 8192
     batch = jnp.asarray(np.tile(images, (reps, 1, 1)))
     schedule = S.Cosine(lam_min=-20.0, lam_max=20.0)
     bpd = np.asarray(_elbo_bpd(oracle, batch, key=getkey(), schedule=schedule))
