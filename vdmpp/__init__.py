@@ -2,8 +2,18 @@
 
 import importlib.metadata
 
-from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
-from . import samplers as samplers
+from . import (
+    adaptive as adaptive,
+    data as data,
+    losses as losses,
+    masked as masked,
+    nn as nn,
+    oracle as oracle,
+    process as process,
+    samplers as samplers,
+    schedules as schedules,
+    weighting as weighting,
+)
 
 
 __version__ = importlib.metadata.version("vdmpp")

@@ -84,12 +84,21 @@ class AbstractSchedule(eqx.Module):
         return t0, c1, (1 - t0) - c1
 
     def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
-        r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$; $\lambda(0) = \lambda_{max}$, $\lambda(1) = \lambda_{min}$."""
+        r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$.
+
+        $\lambda(0) = \lambda_{max}$ and $\lambda(1) = \lambda_{min}$.
+        """
         t = _as_float(t)
         t0, c1, width = self._t0_t1(t.dtype)
         u = t0 + width * t
         v = c1 + width * (1 - t)
-        return self._f(u, v)
+        # Where t0 (or 1 - t1) underflows to 0 (e.g. EDMTraining truncated at |lam| = 40 in float32), f would
+        # give +-inf at the ends: return the endpoint itself there, keeping f's input positive so grads stay finite.
+        tiny = jnp.finfo(u.dtype).tiny
+        lam = self._f(jnp.maximum(u, tiny), jnp.maximum(v, tiny))
+        lam_max = jnp.asarray(self.lam_max, lam.dtype)
+        lam_min = jnp.asarray(self.lam_min, lam.dtype)
+        return jnp.where(u <= 0, lam_max, jnp.where(v <= 0, lam_min, lam))
 
     def t(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Inverse map $\tilde f^{-1}(\lambda) = (f^{-1}(\lambda) - t_0)/(t_1 - t_0)$."""
@@ -104,8 +113,12 @@ class AbstractSchedule(eqx.Module):
         r"""Density $\tilde p(\lambda) = p(\lambda)/(t_1 - t_0)$ on $[\lambda_{min}, \lambda_{max}]$, 0 outside."""
         lam = _as_float(lam)
         _, _, width = self._t0_t1(lam.dtype)
-        inside = (lam >= self.lam_min) & (lam <= self.lam_max)
-        safe = jnp.clip(lam, self.lam_min, self.lam_max)
+        lo = jnp.asarray(self.lam_min, lam.dtype)
+        hi = jnp.asarray(self.lam_max, lam.dtype)
+        # lam(0), lam(1) may round a few ulps past the ends; they still count as inside (else w/p = inf there)
+        rel = 64 * jnp.finfo(lam.dtype).eps
+        inside = (lam >= lo - rel * jnp.maximum(1.0, jnp.abs(lo))) & (lam <= hi + rel * jnp.maximum(1.0, jnp.abs(hi)))
+        safe = jnp.clip(lam, lo, hi)
         return jnp.where(inside, self._density(safe) / width, 0.0)
 
     def dlam_dt(self, t: FloatLike) -> Float[Array, "*shape"]:
@@ -302,7 +315,7 @@ class EDMSampling(AbstractSchedule):
 
     def _f(self, u, v):
         a, b = self._consts()
-        return -2.0 * self.rho * jnp.log(a + v * (b - a))
+        return -2.0 * self.rho * jnp.log(a * u + b * v)  # = a + v (b - a), without the cancellation near t = 0
 
     def _v(self, lam):
         a, b = self._consts()
