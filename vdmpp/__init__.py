@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import analysis as analysis
 from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
 
 
