@@ -51,7 +51,7 @@ def radial_power(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return radii.astype(np.float64), sums[keep] / counts[keep], counts[keep]
 
 
-def power_spectra(images: npt.ArrayLike, lam: npt.ArrayLike) -> PowerSpectra:
+def power_spectra(images: npt.ArrayLike, lam: npt.ArrayLike | float) -> PowerSpectra:
     r"""Radially averaged power spectra of $\alpha_\lambda F(x)$ and $\sigma_\lambda F(\epsilon)$ (K&G App. J).
 
     Args:
@@ -79,5 +79,6 @@ def power_spectra(images: npt.ArrayLike, lam: npt.ArrayLike) -> PowerSpectra:
     sigma2 = 1.0 / (1.0 + np.exp(lam_arr))
     power_x = alpha2[:, None] * sx[None, :]
     power_eps = np.broadcast_to(sigma2[:, None] * float(h * w), power_x.shape).copy()
-    log_snr = lam_arr[:, None] + np.log(sx[None, :] / float(h * w))
+    with np.errstate(divide="ignore"):  # a frequency with no power has log-SNR -inf
+        log_snr = lam_arr[:, None] + np.log(sx[None, :] / float(h * w))
     return PowerSpectra(freq=freq, lam=lam_arr, power_x=power_x, power_eps=power_eps, log_snr=log_snr, counts=counts)

@@ -27,8 +27,8 @@ from ..schedules import AbstractSchedule
 from ..weighting import AbstractWeighting
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -x))
+def _sigmoid(x):
+    return np.asarray(np.exp(-np.logaddexp(0.0, -x)))
 
 
 def mse_ratio(parameterisation: AbstractParameterisation, lam) -> np.ndarray:
@@ -45,7 +45,7 @@ def mse_ratio(parameterisation: AbstractParameterisation, lam) -> np.ndarray:
     if isinstance(parameterisation, EpsPrediction):
         return np.ones_like(lam)
     if isinstance(parameterisation, XPrediction):
-        return np.exp(lam)
+        return np.asarray(np.exp(lam))
     if isinstance(parameterisation, VPrediction):
         return _sigmoid(lam)
     if isinstance(parameterisation, FPrediction):
@@ -53,7 +53,7 @@ def mse_ratio(parameterisation: AbstractParameterisation, lam) -> np.ndarray:
     if isinstance(parameterisation, ScorePrediction):
         return _sigmoid(-lam)
     if isinstance(parameterisation, OPrediction):
-        return _sigmoid(0.5 * lam) ** 2
+        return np.asarray(_sigmoid(0.5 * lam) ** 2)
     raise TypeError(
         f"`parameterisation` must be one of vdmpp.process's EpsPrediction, XPrediction, VPrediction, FPrediction, "
         f"ScorePrediction, OPrediction; got {type(parameterisation).__name__}."

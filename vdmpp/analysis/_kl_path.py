@@ -40,7 +40,7 @@ class KLPath(eqx.Module):
     def weighted_loss(self, weighting: AbstractWeighting) -> Float[Array, " batch"]:
         r"""$L_w(x) = \int w(\lambda)\,\frac{d}{d\lambda}L\, d\lambda$ on the grid (trapezoid), per example."""
         w = weighting(self.lam)
-        return jnp.trapezoid(w * self.integrand, self.lam, axis=-1)
+        return _trapz(w[None, :] * self.integrand, self.lam)
 
 
 def _sq_err(denoiser: Callable, x: Array, eps: Array, lam: Array) -> Array:
@@ -59,8 +59,13 @@ def _errors(denoiser, x, eps, lams):
 
 
 def _cumtrapz(y: Array, x: Array) -> Array:
-    seg = 0.5 * (y[..., 1:] + y[..., :-1]) * jnp.diff(x)
+    seg = 0.5 * (y[..., 1:] + y[..., :-1]) * jnp.diff(x)[None, :]
     return jnp.concatenate([jnp.zeros_like(y[..., :1]), jnp.cumsum(seg, axis=-1)], axis=-1)
+
+
+def _trapz(y: Array, x: Array) -> Array:
+    # trapezoid along the last axis of a (B, L) array (jnp.trapezoid broadcasts by rank promotion)
+    return jnp.sum(0.5 * (y[..., 1:] + y[..., :-1]) * jnp.diff(x)[None, :], axis=-1)
 
 
 def kl_path(
@@ -115,4 +120,4 @@ def theorem1_rhs(path: KLPath, weighting: AbstractWeighting) -> Float[Array, " b
     lam = path.lam
     dw = jax.vmap(jax.grad(lambda l: weighting(l)))(lam)
     w_max = weighting(lam[-1])
-    return -jnp.trapezoid(dw * path.cumulative, lam, axis=-1) + w_max * path.cumulative[:, -1]
+    return -_trapz(dw[None, :] * path.cumulative, lam) + w_max * path.cumulative[:, -1]
