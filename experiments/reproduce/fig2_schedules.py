@@ -10,9 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import out_dir, save_fig, save_json
-
 import vdmpp as vd
+from _common import out_dir, save_fig, save_json
 
 
 def schedules() -> dict:

@@ -8,9 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import out_dir, save_fig, save_json
-
 import vdmpp as vd
+from _common import out_dir, save_fig, save_json
 
 
 def weightings() -> dict:

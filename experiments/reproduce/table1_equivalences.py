@@ -19,9 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import out_dir, save_fig, save_json
-
 import vdmpp as vd
+from _common import out_dir, save_fig, save_json
 
 
 INF = math.inf
@@ -80,19 +79,61 @@ def rows():
     return [
         # name, schedule, parameterisation, native weight m(lam), closed form, expected constant, note
         ("IDDPM: ε-MSE, cosine", cos, "eps", lambda l: 1.0, sech, 1 / math.pi, "E_t||ε−ε̂||²: w = 2p = sech(λ/2)/π"),
-        ("v-prediction MSE, cosine", cos, "v", lambda l: 1.0, lambda l: np.exp(-l / 2), 2 / math.pi,
-         "erratum: App. D.2 prints π"),
-        ("EDM: F-loss, λ ~ N(2.4, 2.4²)", vd.schedules.EDMTraining(lam_min=-INF, lam_max=INF), "F", lambda l: 1.0, edm,
-         2 / SIGMA_DATA**2, "E||F−F̂||² = EDM's λ(σ)||D−x||²; constant 2/σ_data²"),
+        (
+            "v-prediction MSE, cosine",
+            cos,
+            "v",
+            lambda l: 1.0,
+            lambda l: np.exp(-l / 2),
+            2 / math.pi,
+            "erratum: App. D.2 prints π",
+        ),
+        (
+            "EDM: F-loss, λ ~ N(2.4, 2.4²)",
+            vd.schedules.EDMTraining(lam_min=-INF, lam_max=INF),
+            "F",
+            lambda l: 1.0,
+            edm,
+            2 / SIGMA_DATA**2,
+            "E||F−F̂||² = EDM's λ(σ)||D−x||²; constant 2/σ_data²",
+        ),
         ("FM-OT: CFM loss ||o−ô||²", fm, "o", lambda l: 1.0, lambda l: np.exp(-l / 2), 1.0, "App. D.3, exact"),
-        ("InDI: x-MSE, FM-OT path", fm, "x", lambda l: 1.0, lambda l: np.exp(-l) / np.cosh(l / 4) ** 2, 0.25,
-         "w = 2 e^{−λ} sech²(λ/4)/8"),
-        ("P2 (γ=1): ε-MSE/(1+SNR), cosine", cos, "eps", lambda l: 1 / (1 + jnp.exp(l)),
-         lambda l: sech(l) / (1 + np.exp(l)), 1 / math.pi, ""),
-        ("P2 (γ=0.5): ε-MSE/(1+SNR)^½, cosine", cos, "eps", lambda l: 1 / jnp.sqrt(1 + jnp.exp(l)),
-         lambda l: sech(l) / np.sqrt(1 + np.exp(l)), 1 / math.pi, ""),
-        ("min-SNR-5: min(SNR,5)·x-MSE, cosine", cos, "x", lambda l: jnp.minimum(jnp.exp(l), 5.0),
-         lambda l: sech(l) * np.minimum(1, 5 * np.exp(-l)), 1 / math.pi, ""),
+        (
+            "InDI: x-MSE, FM-OT path",
+            fm,
+            "x",
+            lambda l: 1.0,
+            lambda l: np.exp(-l) / np.cosh(l / 4) ** 2,
+            0.25,
+            "w = 2 e^{−λ} sech²(λ/4)/8",
+        ),
+        (
+            "P2 (γ=1): ε-MSE/(1+SNR), cosine",
+            cos,
+            "eps",
+            lambda l: 1 / (1 + jnp.exp(l)),
+            lambda l: sech(l) / (1 + np.exp(l)),
+            1 / math.pi,
+            "",
+        ),
+        (
+            "P2 (γ=0.5): ε-MSE/(1+SNR)^½, cosine",
+            cos,
+            "eps",
+            lambda l: 1 / jnp.sqrt(1 + jnp.exp(l)),
+            lambda l: sech(l) / np.sqrt(1 + np.exp(l)),
+            1 / math.pi,
+            "",
+        ),
+        (
+            "min-SNR-5: min(SNR,5)·x-MSE, cosine",
+            cos,
+            "x",
+            lambda l: jnp.minimum(jnp.exp(l), 5.0),
+            lambda l: sech(l) * np.minimum(1, 5 * np.exp(-l)),
+            1 / math.pi,
+            "",
+        ),
     ]
 
 
@@ -150,8 +191,10 @@ def main() -> None:
     save_fig(fig, out / "table1_equivalences.png")
     save_json(out / "table1_equivalences.json", record)
     for r in record["rows"]:
-        print(f"{r['loss']:<40} const={r['constant']:.6g} (expected {r['expected_constant']:.6g}) "
-              f"max rel err={r['max_rel_error_after_constant']:.2e}")
+        print(
+            f"{r['loss']:<40} const={r['constant']:.6g} (expected {r['expected_constant']:.6g}) "
+            f"max rel err={r['max_rel_error_after_constant']:.2e}"
+        )
 
 
 if __name__ == "__main__":
