@@ -3,7 +3,14 @@
 import importlib.metadata
 
 from . import analysis as analysis
-from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
+from . import (
+    losses as losses,
+    masked as masked,
+    oracle as oracle,
+    process as process,
+    schedules as schedules,
+    weighting as weighting,
+)
 
 
 __version__ = importlib.metadata.version("vdmpp")

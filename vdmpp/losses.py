@@ -19,7 +19,7 @@ import numpy as np
 from ._types import Array, Float, Int, PRNGKeyArray, Shaped
 from .process import vp_alpha_sigma
 from .schedules import AbstractSchedule
-from .weighting import ELBO, AbstractWeighting
+from .weighting import AbstractWeighting, ELBO
 
 
 # --- time samplers (THEORY §6) --------------------------------------------------------------
@@ -352,3 +352,10 @@ def elbo_bpd(
     terms = elbo_terms(denoiser, x_uint8, key=key, schedule=schedule, num_levels=num_levels, time_sampler=time_sampler)
     dims = math.prod(jnp.shape(x_uint8)[1:])
     return terms.total / (dims * math.log(2.0))
+
+
+from ._cascade_gaussian import (  # noqa: E402, E501
+    CascadeTerms as CascadeTerms,
+    gaussian_cascade as gaussian_cascade,
+    gaussian_cascade_terms_at as gaussian_cascade_terms_at,
+)
