@@ -4,6 +4,7 @@ import importlib.metadata
 
 from . import analysis as analysis
 from . import (
+    adaptive as adaptive,
     losses as losses,
     masked as masked,
     oracle as oracle,
