@@ -105,7 +105,8 @@ def test_power_spectra_parseval_and_snr():
     images = rng.normal(size=(3, 12, 12))
     lam = np.array([-2.0, 0.0, 3.0])
     ps = power_spectra(images, lam)
-    # Parseval (power_x[1] is at lam = 0, alpha^2 = 1/2): sum over all frequencies of |F(x)|^2 = H W sum x^2 (mean over images); add back DC
+    # Parseval (power_x[1] is at lam = 0, alpha^2 = 1/2): sum over frequencies of |F(x)|^2 = H W sum x^2;
+    # add back the DC term
     total = np.sum(ps.power_x[1] / 0.5 * ps.counts) + np.mean(np.sum(images, axis=(1, 2)) ** 2)
     assert total == pytest.approx(144 * np.mean(np.sum(images**2, axis=(1, 2))), rel=1e-10)
     alpha2 = 1 / (1 + np.exp(-lam))

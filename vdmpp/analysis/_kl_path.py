@@ -94,7 +94,8 @@ def kl_path(
     lams = jnp.asarray(lams)
     if lams.ndim != 1 or lams.shape[0] < 2:
         raise ValueError(f"`lams` must be a 1-D grid with at least 2 points; got shape {lams.shape}.")
-    if not isinstance(lams, jax.core.Tracer) and not bool(jnp.all(jnp.diff(lams) > 0)):
+    traced = isinstance(lams, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
+    if not traced and not bool(jnp.all(jnp.diff(lams) > 0)):
         raise ValueError("`lams` must be strictly increasing (from lam_min to lam_max).")
     if x.ndim < 2:
         raise ValueError(f"`x` must be a batch shaped (batch, *data); got shape {x.shape}.")
