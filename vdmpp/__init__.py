@@ -5,8 +5,10 @@ import importlib.metadata
 from . import analysis as analysis
 from . import (
     adaptive as adaptive,
+    data as data,
     losses as losses,
     masked as masked,
+    nn as nn,
     oracle as oracle,
     process as process,
     schedules as schedules,

@@ -19,6 +19,14 @@ from ._reweighted import (
     Simple as Simple,
     tilde_weight as tilde_weight,
 )
+from ._sampling import (
+    AbstractTimeGrid as AbstractTimeGrid,
+    ancestral as ancestral,
+    any_order_autoregressive as any_order_autoregressive,
+    CosineGrid as CosineGrid,
+    top_p_filter as top_p_filter,
+    UniformGrid as UniformGrid,
+)
 from ._schedules import (
     AbstractMaskingSchedule as AbstractMaskingSchedule,
     CosineSchedule as CosineSchedule,

@@ -137,5 +137,7 @@ def weighted_cascade(
     weights: Float[Array, " T"],
 ) -> Float[Array, " batch"]:
     r"""$\sum_i w_i L^{(i)}(x)$ (Theorem 2: $= -\sum_j W_j K_j + C$, $W_j = \sum_{i\le j} w_i$)."""
+    _check_steps(num_steps)
+    weights = check_weights(weights, num_steps)
     terms = cascade_terms(denoiser, tokens, data, key=key, schedule=schedule, num_steps=num_steps, mask_id=mask_id)
-    return terms.weighted(check_weights(weights, num_steps))
+    return terms.weighted(weights)
