@@ -49,9 +49,9 @@ def main() -> None:
         }
     ad = _adaptive(ax1, ax2, t, lam)
     if ad is not None:
-        record["adaptive (converged)"] = ad
+        record["adaptive (calibrated)"] = ad
     else:
-        record["adaptive (converged)"] = "vdmpp.adaptive not available on this branch"
+        record["adaptive (calibrated)"] = "vdmpp.adaptive not available on this branch"
     ax1.set(xlabel="t", ylabel="λ (log SNR)", ylim=(-20, 20), title="λ(t)")
     ax2.set(xlabel="λ (log SNR)", ylabel="p(λ)", title="p(λ) = −dt/dλ")
     ax1.legend(fontsize=8)
@@ -71,8 +71,8 @@ def _adaptive(ax1, ax2, t, lam):
     lt = np.asarray(sched.lam(state, jnp.asarray(t)))
     inside = (lam >= sched.lam_min) & (lam <= sched.lam_max)
     p = np.where(inside, np.asarray(sched.density(state, jnp.asarray(np.clip(lam, sched.lam_min, sched.lam_max)))), 0)
-    ax1.plot(t, lt, "k--", label="adaptive (converged)")
-    ax2.plot(lam, p, "k--", label="adaptive (converged)")
+    ax1.plot(t, lt, "k--", label="adaptive (calibrated)")
+    ax2.plot(lam, p, "k--", label="adaptive (calibrated)")
     return info
 
 
