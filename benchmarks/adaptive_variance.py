@@ -50,8 +50,8 @@ class Config:
     lam_min: float = -10.0
     lam_max: float = 8.0
     num_bins: int = 100
-    decay: float = 0.998
-    calibrate_steps: int = 2000
+    decay: float = 0.997
+    calibrate_steps: int = 1500
     batch_size: int = 512
     samples: int = 32
     """Draws of (λ, ε) per data row and bin for the stratified variance."""

@@ -21,10 +21,10 @@ schedule (losses, samplers) takes the adaptive one; `weighted_loss` then uses th
 $w(\lambda)/p(\lambda)$ (K&G eq. 7) and stays unbiased for any state.
 
 **Floor.** Before normalising, each bin's EMA is raised to at least `floor` times the mean EMA over
-bins (default `1e-3`): no bin's density falls below `floor` times the uniform density's share of the
-mean, so the inverse CDF stays strictly decreasing, the importance weights $w/p$ stay bounded and a
-bin whose EMA has decayed towards 0 can still be sampled (and so recover). If every EMA is 0 the
-density is uniform.
+bins (default `1e-3`). Every bin then has probability at least $\text{floor}/(K(1 + \text{floor}))$, i.e.
+its density is at least $\text{floor}/(1 + \text{floor})$ times the uniform density, so the inverse CDF
+stays strictly decreasing, the importance weights $w/p$ stay bounded, and a bin whose EMA has decayed
+towards 0 is still sampled now and then (and so can recover). If every EMA is 0 the density is uniform.
 
 **Moment.** With `moment=1` (default, K&G's rule) the EMA tracks $E[v \mid \text{bin}]$ and
 $p \propto$ EMA, which makes $(w/p)E\|\epsilon - \hat\epsilon\|^2$ flat across bins. That minimises the
@@ -36,8 +36,7 @@ some bins (e.g. the Bayes-optimal denoiser of a small data set near posterior co
 
 **Update rule** (count-aware EMA): a bin hit $n \ge 1$ times in a batch becomes
 $r^n\,\mathrm{old} + (1 - r^n)\,\bar v$, $\bar v$ the mean of its $n$ targets ($v^{\text{moment}}$), $r$ the
-decay; bins not
-hit are unchanged. Targets that are not finite or negative (and $\lambda$'s that are not finite) are
+decay; bins not hit are unchanged. Targets that are not finite or negative (and $\lambda$'s that are not finite) are
 **ignored**: masked out of both the per-bin sums and the counts, so they can never poison the state
 with NaN. $\lambda$'s outside $[\lambda_{min}, \lambda_{max}]$ (rounding at the ends) count towards
 the nearest end bin.
@@ -62,7 +61,8 @@ class AdaptiveState(eqx.Module):
     """The adaptive schedule's statistics: one EMA per bin (a plain pytree of arrays; checkpoints with orbax).
 
     Attributes:
-        ema: per-bin EMA of $w(\\lambda)\\|\\epsilon - \\hat\\epsilon\\|^2$, bin 0 at $\\lambda_{min}$.
+        ema: per-bin EMA of $v = w(\\lambda)\\|\\epsilon - \\hat\\epsilon\\|^2$ (of $v^2$ when `moment=2`), bin 0 at
+            $\\lambda_{min}$.
     """
 
     ema: Float[Array, " num_bins"]
