@@ -26,9 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from tqdm import tqdm
-
 import vdmpp as vd
+from tqdm import tqdm
 
 
 M = vd.masked
@@ -38,6 +37,7 @@ def _write_atomic(path: pathlib.Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -81,8 +81,13 @@ def main(out: str = "runs/masked_sampling", quick: bool = False, seed: int = 0) 
         fracs, nfes = [], []
         for T in steps:
             s, nfe = sample(
-                oracle, (num_samples, length), key=jr.fold_in(key, T), schedule=schedule, num_steps=T,
-                mask_id=vocab, grid=grid,
+                oracle,
+                (num_samples, length),
+                key=jr.fold_in(key, T),
+                schedule=schedule,
+                num_steps=T,
+                mask_id=vocab,
+                grid=grid,
             )
             fracs.append(non_data_fraction(np.asarray(s), data))
             nfes.append(int(nfe))

@@ -30,9 +30,8 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from tqdm import tqdm
-
 import vdmpp as vd
+from tqdm import tqdm
 
 
 M = vd.masked
@@ -44,6 +43,7 @@ def _write_atomic(path: pathlib.Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -70,7 +70,10 @@ def train_one(weighting, train, *, steps, batch, lr, schedule, key, dim, depth):
     """Train a fresh model with one weighting; return the model and the loss curve."""
     mkey, dkey = jr.split(key)
     model = Denoiser(vd.nn.Transformer(V, 64, dim=dim, depth=depth, num_heads=4, lam_conditioning=True, key=mkey))
-    optim = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 4), steps)))
+    optim = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 4), steps)),
+    )
     opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
 
     @eqx.filter_jit
@@ -99,7 +102,9 @@ def _test_elbo(model, x, key, schedule):
 
 def test_bpd(model, test, *, schedule, key, draws):
     """Per-image -ELBO in bits/pixel, averaged over `draws` Monte Carlo draws."""
-    vals = np.mean([np.asarray(_test_elbo(model, jnp.asarray(test), jr.fold_in(key, d), schedule)) for d in range(draws)], 0)
+    vals = np.mean(
+        [np.asarray(_test_elbo(model, jnp.asarray(test), jr.fold_in(key, d), schedule)) for d in range(draws)], 0
+    )
     bpd = vals / (64 * math.log(2.0))
     return float(bpd.mean()), float(bpd.std(ddof=1) / math.sqrt(bpd.size))
 
@@ -114,9 +119,19 @@ def main(out="runs/masked_weightings", steps=600, batch=64, lr=2e-3, dim=64, dep
     schedule = M.LinearSchedule()
     key = jr.key(seed)
     results = {
-        "config": dict(steps=steps, batch=batch, lr=lr, dim=dim, depth=depth, seed=seed, draws=draws,
-                       sample_steps=sample_steps, schedule="LinearSchedule(eps=1e-4)", data="digits 64 tokens x 17 levels",
-                       network="vdmpp.nn.Transformer"),
+        "config": dict(
+            steps=steps,
+            batch=batch,
+            lr=lr,
+            dim=dim,
+            depth=depth,
+            seed=seed,
+            draws=draws,
+            sample_steps=sample_steps,
+            schedule="LinearSchedule(eps=1e-4)",
+            data="digits 64 tokens x 17 levels",
+            network="vdmpp.nn.Transformer",
+        ),
         "uniform_bpd": math.log2(V) * (1 - schedule.eps),
         "weightings": {},
     }
@@ -125,15 +140,29 @@ def main(out="runs/masked_weightings", steps=600, batch=64, lr=2e-3, dim=64, dep
     for name, weighting in tqdm(WEIGHTINGS.items(), desc="weightings"):
         t0 = time.time()
         # same init and data order for every weighting: the weighting is the only difference
-        model, losses = train_one(weighting, train, steps=steps, batch=batch, lr=lr, schedule=schedule,
-                                  key=jr.fold_in(key, 1), dim=dim, depth=depth)
+        model, losses = train_one(
+            weighting,
+            train,
+            steps=steps,
+            batch=batch,
+            lr=lr,
+            schedule=schedule,
+            key=jr.fold_in(key, 1),
+            dim=dim,
+            depth=depth,
+        )
         seconds = time.time() - t0
         bpd, se = test_bpd(model, test, schedule=schedule, key=jr.fold_in(key, 2), draws=draws)
-        s, nfe = sample_fn(model, (16, 64), key=jr.fold_in(key, 3), schedule=schedule, num_steps=sample_steps, mask_id=MASK)
+        s, nfe = sample_fn(
+            model, (16, 64), key=jr.fold_in(key, 3), schedule=schedule, num_steps=sample_steps, mask_id=MASK
+        )
         samples[name] = np.asarray(s).reshape(16, 8, 8)
         results["weightings"][name] = {
-            "test_bpd": bpd, "test_bpd_se": se, "final_train_loss": float(np.mean(losses[-50:])),
-            "train_seconds": round(seconds, 1), "sample_nfe": int(nfe),
+            "test_bpd": bpd,
+            "test_bpd_se": se,
+            "final_train_loss": float(np.mean(losses[-50:])),
+            "train_seconds": round(seconds, 1),
+            "sample_nfe": int(nfe),
         }
         tqdm.write(f"{name:12s} test bpd {bpd:.4f} ± {se:.4f}  ({seconds:.0f}s)")
 

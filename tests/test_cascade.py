@@ -193,7 +193,9 @@ def test_theorem2_gaussian_denoiser_independent(getkey):
     eps = jr.normal(getkey(), x.shape)
     totals, scales = [], []
     for d in (GORACLE, GMixed(), GRandomNet(jr.key(3))):
-        terms = eqx.filter_jit(vd.losses.gaussian_cascade_terms_at)(d, x, jnp.asarray(GDATA), eps, schedule=GSCHED, num_steps=4)
+        terms = eqx.filter_jit(vd.losses.gaussian_cascade_terms_at)(
+            d, x, jnp.asarray(GDATA), eps, schedule=GSCHED, num_steps=4
+        )
         totals.append(terms.weighted(weights) + terms.kl @ jnp.cumsum(weights))
         scales.append(np.asarray(jnp.abs(terms.kl) @ jnp.cumsum(weights) + jnp.abs(terms.decoder) @ weights))
     # equal up to float32 round-off of the cancelling sums (relative 1e-6 of their magnitude)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.core import Tracer  # pyright: ignore[reportAttributeAccessIssue]
 
 from ._types import Array, ArrayLike, Float, PRNGKeyArray
 from .losses import prior_kl
@@ -56,7 +57,7 @@ def check_weights(weights, num_steps: int) -> Array:
     weights = jnp.asarray(weights)
     if weights.shape != (num_steps,):
         raise ValueError(f"`weights` must have shape ({num_steps},) (one per step); got {weights.shape}.")
-    if not isinstance(weights, jax.core.Tracer) and np.any(np.asarray(weights) < 0):
+    if not isinstance(weights, Tracer) and np.any(np.asarray(weights) < 0):
         raise ValueError("`weights` must be non-negative (Theorem 2 needs w_i >= 0).")
     return weights.astype(jnp.float32)
 

@@ -1,7 +1,8 @@
 r"""The masked-diffusion $-$ELBO, continuous and discrete time (MD4; THEORY §8).
 
 $-\mathrm{ELBO}(x) = \int_0^1 \frac{-\alpha'_t}{1-\alpha_t}
-E_{q(z_t|x)}\Big[\sum_{n: z_t^n = m} -\log\mu_\theta^n(x^n|z_t)\Big]dt + N(1-\alpha_0)\log V$, the last term being MD4's reconstruction bound (tokens still masked at $t=0$
+E_{q(z_t|x)}\Big[\sum_{n: z_t^n = m} -\log\mu_\theta^n(x^n|z_t)\Big]dt + N(1-\alpha_0)\log V$,
+the last term being MD4's reconstruction bound (tokens still masked at $t=0$
 decoded uniformly); the prior term is taken as 0 (exact when $\alpha_1 = 0$). With $T$ steps the
 weight becomes $(\alpha_s - \alpha_t)/(1 - \alpha_t)$ per masked token per step, $s = t - 1/T$.
 

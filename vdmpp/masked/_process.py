@@ -5,10 +5,10 @@ may have any shape (a sequence, an H×W×C pixel grid); the mask id is always ex
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.core import Tracer  # pyright: ignore[reportAttributeAccessIssue]
 from jaxtyping import Bool
 
 from .._types import Array, FloatLike, Int, PRNGKeyArray, Shaped
@@ -33,7 +33,7 @@ def check_tokens(tokens, *, mask_id: int, vocab_size: int | None = None, name: s
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise TypeError(f"`{name}` must hold integer token ids; got dtype {tokens.dtype}.")
     hi = np.iinfo(np.int64).max if vocab_size is None else vocab_size
-    if isinstance(tokens, jax.core.Tracer):
+    if isinstance(tokens, Tracer):
         bad = (tokens < 0) | (tokens >= hi) | (tokens == mask_id)
         return eqx.error_if(tokens, bad, f"`{name}` holds ids outside [0, vocab_size) or equal to mask_id.")
     concrete = np.asarray(tokens)

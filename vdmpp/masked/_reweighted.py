@@ -117,13 +117,13 @@ def reweighted_loss_at(
     if importance is None:
         lam = schedule.lam(t)
         alpha = checked_alpha(schedule.alpha(t))
+        w_lam = _lam_weight(weighting, schedule, lam)
         coeff = tilde_weight(weighting, schedule, t) * schedule.elbo_weight(t)
     else:
         _check_importance(importance)
         lam = importance.lam(t)
         alpha = jax.nn.sigmoid(lam)
-    w_lam = _lam_weight(weighting, schedule, lam)
-    if importance is not None:
+        w_lam = _lam_weight(weighting, schedule, lam)
         coeff = w_lam * alpha / importance.density(lam)
     ce = jax.vmap(ft.partial(masked_cross_entropy, denoiser, mask_id=mask_id))(tokens, mask, lam)
     loss = coeff * ce
