@@ -2,11 +2,18 @@
 
 import importlib.metadata
 
-from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
-from . import data as data, nn as nn
-from . import adaptive as adaptive
-from . import masked as masked
-from . import analysis as analysis
+from . import (
+    adaptive as adaptive,
+    analysis as analysis,
+    data as data,
+    losses as losses,
+    masked as masked,
+    nn as nn,
+    oracle as oracle,
+    process as process,
+    schedules as schedules,
+    weighting as weighting,
+)
 
 
 __version__ = importlib.metadata.version("vdmpp")
