@@ -41,6 +41,7 @@ def _atomic(path: pathlib.Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results should be readable like any other output
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
