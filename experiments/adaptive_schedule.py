@@ -56,7 +56,7 @@ class Config:
     batch_size: int = 512
     chunks: int = 30
     """Progress-bar chunks (each a jitted scan of num_steps/chunks updates)."""
-    reference_samples: int = 256
+    reference_samples: int = 1024
     """Monte Carlo samples per bin for the independent target estimate."""
     weightings: tuple[WeightingName, ...] = ("sigmoid2", "elbo", "edm_monotonic")
     with_moment2: bool = True
@@ -113,6 +113,9 @@ def write_atomic(path: pathlib.Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the result the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -109,17 +109,15 @@ class ClassEmbedding(eqx.Module):
 
     def __call__(self, label: Int[Array, ""] | int | None) -> Float[Array, " dim"]:
         """Embed one label (`None` or `num_classes`: the null class)."""
-        if label is None:
-            label = self.num_classes
-        label = jnp.asarray(label)
-        if label.shape != () or not jnp.issubdtype(label.dtype, jnp.integer):
-            raise TypeError(f"`label` must be an integer scalar (one example); got {label.dtype}{list(label.shape)}.")
-        label = eqx.error_if(
-            label,
-            (label < 0) | (label > self.num_classes),
+        index = jnp.asarray(self.num_classes if label is None else label)
+        if index.shape != () or not jnp.issubdtype(index.dtype, jnp.integer):
+            raise TypeError(f"`label` must be an integer scalar (one example); got {index.dtype}{list(index.shape)}.")
+        index = eqx.error_if(
+            index,
+            (index < 0) | (index > self.num_classes),
             f"`label` must be in [0, {self.num_classes}] ({self.num_classes} is the null class).",
         )
-        return self.table(label)
+        return self.table(index)
 
 
 def _check_label(num_classes: int | None, label) -> None:

@@ -22,8 +22,12 @@ class _Init:
 
     def __init__(self, key: PRNGKeyArray):
         self._key = key
-        self._traced = isinstance(key, jax.core.Tracer)
-        self._rng = None if self._traced else np.random.default_rng(np.asarray(jr.key_data(key)).ravel().tolist())
+        try:
+            seed = np.asarray(jr.key_data(key)).ravel().tolist()
+        except jax.errors.TracerArrayConversionError:  # traced key: use jax.random
+            self._rng = None
+        else:
+            self._rng = np.random.default_rng(seed)
 
     def _next_key(self) -> PRNGKeyArray:
         self._key, sub = jr.split(self._key)

@@ -38,14 +38,13 @@ class _Block(eqx.Module):
 
     def __call__(self, x, emb, key, inference):
         k1, k2 = (None, None) if key is None else jr.split(key)
-        h1, h2 = self.norm1(x), None
-        if self.modulation is not None:
+        if self.modulation is None:
+            shift1 = scale1 = shift2 = scale2 = jnp.zeros((x.shape[-1],), x.dtype)
+        else:
             shift1, scale1, shift2, scale2 = jnp.split(self.modulation(jax.nn.silu(emb)), 4)
-            h1 = h1 * (1 + scale1[None, :]) + shift1[None, :]
+        h1 = self.norm1(x) * (1 + scale1[None, :]) + shift1[None, :]
         x = x + self.dropout(self.attn(h1), key=k1, inference=inference)
-        h2 = self.norm2(x)
-        if self.modulation is not None:
-            h2 = h2 * (1 + scale2[None, :]) + shift2[None, :]  # pyright: ignore[reportPossiblyUnbound]
+        h2 = self.norm2(x) * (1 + scale2[None, :]) + shift2[None, :]
         h2 = self.fc2(self.dropout(jax.nn.gelu(self.fc1(h2)), key=k2, inference=inference))
         return x + h2
 
@@ -111,8 +110,6 @@ class Transformer(eqx.Module):
             ("mlp_ratio", mlp_ratio),
         ):
             _check_positive(name, value)
-        if learned_positions and seq_len is None:
-            raise ValueError("`learned_positions=True` needs `seq_len`; pass it or use `learned_positions=False`.")
         if seq_len is not None:
             _check_positive("seq_len", seq_len)
         if dim % num_heads:
@@ -122,7 +119,12 @@ class Transformer(eqx.Module):
         rng = init_rng(key)
         self.vocab_size, self.seq_len, self.dim, self.dropout_rate = vocab_size, seq_len, dim, float(dropout)
         self.token_embed = Embedding(vocab_size + 1, dim, scale=0.02, key=sub_key(rng))
-        self.pos_embed = Embedding(seq_len, dim, scale=0.02, key=sub_key(rng)) if learned_positions else None
+        if not learned_positions:
+            self.pos_embed = None
+        elif seq_len is None:
+            raise ValueError("`learned_positions=True` needs `seq_len`; pass it or use `learned_positions=False`.")
+        else:
+            self.pos_embed = Embedding(seq_len, dim, scale=0.02, key=sub_key(rng))
         self.lam_embed = LamEmbedding(dim, lam_min, lam_max, key=sub_key(rng)) if lam_conditioning else None
         cond_dim = dim if lam_conditioning else None
         self.blocks = tuple(
