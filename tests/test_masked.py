@@ -376,6 +376,18 @@ def test_gumbel_max_draws_in_log_space_do_not_underflow(getkey):
     assert np.all(np.asarray(s) == 0)
 
 
+def test_float64_draws(getkey):
+    with pytest.raises(ValueError, match="x64"):
+        M.ancestral(
+            ORACLE, (8, L3), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=V3, dtype=jnp.float64
+        )
+    with jax.enable_x64(True):
+        s, nfe = M.ancestral(
+            ORACLE, (8, L3), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=V3, dtype=jnp.float64
+        )
+        assert int(nfe) == 4 and np.all((np.asarray(s) >= 0) & (np.asarray(s) < V3))
+
+
 # --- 9. bad input -------------------------------------------------------------------------------
 
 
