@@ -36,14 +36,14 @@ lint: $(STAMP)
 	$(BIN)/pyright
 
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	@mkdir -p runs/bench
 	@for b in benchmarks/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done
 
 reproduce: $(STAMP)
-	@for e in experiments/reproduce/*.py; do echo "== $$e" >&2; $(BIN)/python $$e || exit 1; done
+	@for e in experiments/reproduce/[!_]*.py; do echo "== $$e" >&2; $(BIN)/python $$e || exit 1; done
 
 clean:
 	rm -rf $(VENV) .cache site runs

@@ -4,6 +4,7 @@ import importlib.metadata
 
 from . import (
     adaptive as adaptive,
+    analysis as analysis,
     data as data,
     losses as losses,
     masked as masked,
