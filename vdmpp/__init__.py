@@ -2,7 +2,14 @@
 
 import importlib.metadata
 
-from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
+from . import (
+    losses as losses,
+    oracle as oracle,
+    process as process,
+    schedules as schedules,
+    train as train,
+    weighting as weighting,
+)
 
 
 __version__ = importlib.metadata.version("vdmpp")
