@@ -1,7 +1,20 @@
 """Training: train state, one jitted sharded step, EMA, NaN guard, checkpointing, metrics, the loop."""
 
 from ._checkpoint import Checkpointer as Checkpointer, CheckpointError as CheckpointError
+from ._loop import (
+    evaluate_bpd as evaluate_bpd,
+    fit as fit,
+    LoopConfig as LoopConfig,
+    NonFiniteLossError as NonFiniteLossError,
+)
 from ._loss import AbstractLoss as AbstractLoss, GaussianLoss as GaussianLoss
+from ._metrics import (
+    atomic_write_bytes as atomic_write_bytes,
+    atomic_write_json as atomic_write_json,
+    image_grid as image_grid,
+    MetricsLogger as MetricsLogger,
+    save_png as save_png,
+)
 from ._sharding import (
     make_mesh as make_mesh,
     replicate_to_host as replicate_to_host,

@@ -97,9 +97,9 @@ class WarmupConstant(AbstractLRSchedule):
 
     def build(self, lr, warmup, total_steps):
         """Return a warmup joined to a constant schedule."""
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [max(warmup, 1)]
-        )
+        if warmup == 0:
+            return optax.constant_schedule(lr)
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
 
 
 def make_optimizer(
