@@ -3,7 +3,9 @@
 import importlib.metadata
 
 from . import (
+    data as data,
     losses as losses,
+    nn as nn,
     oracle as oracle,
     process as process,
     schedules as schedules,

@@ -1,0 +1,145 @@
+r"""Conditioning on the log-SNR $\lambda$ (never on $t$) and shared helpers for the networks.
+
+The networks see $\lambda$ only through a sinusoidal embedding of the normalised
+$u = \mathrm{clip}((\lambda - \lambda_{\min})/(\lambda_{\max} - \lambda_{\min}), 0, 1)$, so a network trained
+with one noise schedule can be sampled with any other (K&G §2: the loss and the optimal denoiser depend on
+the schedule only through $\lambda$). Clipping keeps $\lambda = \pm\infty$ (masked diffusion at $t \in \{0, 1\}$)
+finite.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
+
+
+def _check_lam_range(lam_min: float, lam_max: float) -> None:
+    if not (math.isfinite(lam_min) and math.isfinite(lam_max) and lam_min < lam_max):
+        raise ValueError(
+            f"`lam_min` and `lam_max` must be finite with lam_min < lam_max; got lam_min={lam_min}, "
+            f"lam_max={lam_max}. Use the range of the noise schedule you train with, e.g. (-20.0, 20.0)."
+        )
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+
+
+def sinusoidal(u: Float[Array, ""], dim: int, max_period: float = 10_000.0) -> Float[Array, " {dim}"]:
+    """Transformer-style sinusoidal features of a scalar `u` (ADM's timestep embedding), shape `(dim,)`."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=u.dtype) / half)
+    args = u * freqs
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)])
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros((1,), u.dtype)])
+    return emb
+
+
+class LamEmbedding(eqx.Module):
+    r"""Embedding of the log-SNR: sinusoidal features of the normalised $\lambda$, then a two-layer SiLU MLP.
+
+    Args:
+        dim: output width.
+        lam_min, lam_max: the range mapped to $[0, 1]$ (values outside are clipped).
+        key: initialisation key.
+        num_features: number of sinusoidal features (default `dim`).
+        scale: $u \in [0, 1]$ is multiplied by `scale` before the sinusoids (ADM uses time steps up to 1000).
+    """
+
+    lam_min: float = eqx.field(static=True)
+    lam_max: float = eqx.field(static=True)
+    num_features: int = eqx.field(static=True)
+    scale: float = eqx.field(static=True)
+    linear1: eqx.nn.Linear
+    linear2: eqx.nn.Linear
+
+    def __init__(
+        self,
+        dim: int,
+        lam_min: float,
+        lam_max: float,
+        *,
+        key: PRNGKeyArray,
+        num_features: int | None = None,
+        scale: float = 1000.0,
+    ):
+        _check_lam_range(lam_min, lam_max)
+        _check_positive("dim", dim)
+        num_features = dim if num_features is None else num_features
+        _check_positive("num_features", num_features)
+        k1, k2 = jr.split(key)
+        self.lam_min, self.lam_max = float(lam_min), float(lam_max)
+        self.num_features, self.scale = num_features, float(scale)
+        self.linear1 = eqx.nn.Linear(num_features, dim, key=k1)
+        self.linear2 = eqx.nn.Linear(dim, dim, key=k2)
+
+    def normalise(self, lam: FloatScalarLike) -> Float[Array, ""]:
+        r"""$u = \mathrm{clip}((\lambda - \lambda_{\min})/(\lambda_{\max} - \lambda_{\min}), 0, 1)$."""
+        lam = jnp.asarray(lam, dtype=self.linear1.weight.dtype)
+        if lam.shape != ():
+            raise ValueError(f"`lam` must be a scalar (one example; vmap outside); got shape {lam.shape}.")
+        return jnp.clip((lam - self.lam_min) / (self.lam_max - self.lam_min), 0.0, 1.0)
+
+    def __call__(self, lam: FloatScalarLike) -> Float[Array, " dim"]:
+        """Return the embedding of one scalar $\\lambda$."""
+        feats = sinusoidal(self.normalise(lam) * self.scale, self.num_features)
+        return self.linear2(jax.nn.silu(self.linear1(feats)))
+
+
+class ClassEmbedding(eqx.Module):
+    """Embedding of a class label with an extra null class (index `num_classes`) for classifier-free guidance.
+
+    `label=None` means the null class (unconditional). Labels outside `[0, num_classes]` are an error
+    (`eqx.error_if`, so also inside `jit`).
+    """
+
+    num_classes: int = eqx.field(static=True)
+    table: eqx.nn.Embedding
+
+    def __init__(self, num_classes: int, dim: int, *, key: PRNGKeyArray):
+        _check_positive("num_classes", num_classes)
+        self.num_classes = num_classes
+        self.table = eqx.nn.Embedding(num_classes + 1, dim, key=key)
+
+    def __call__(self, label: Int[Array, ""] | int | None) -> Float[Array, " dim"]:
+        """Embed one label (`None` or `num_classes`: the null class)."""
+        if label is None:
+            label = self.num_classes
+        label = jnp.asarray(label)
+        if label.shape != () or not jnp.issubdtype(label.dtype, jnp.integer):
+            raise TypeError(f"`label` must be an integer scalar (one example); got {label.dtype}{list(label.shape)}.")
+        label = eqx.error_if(
+            label,
+            (label < 0) | (label > self.num_classes),
+            f"`label` must be in [0, {self.num_classes}] ({self.num_classes} is the null class).",
+        )
+        return self.table(label)
+
+
+def _check_label(num_classes: int | None, label) -> None:
+    if num_classes is None and label is not None:
+        raise ValueError("`label` was given but the model has no class conditioning; build it with `num_classes=...`.")
+
+
+def _dropout_key(dropout: float, key: PRNGKeyArray | None, inference: bool) -> PRNGKeyArray | None:
+    """Validate the dropout key: required exactly when dropout is active (rate > 0 and `inference=False`)."""
+    if dropout > 0 and not inference and key is None:
+        raise ValueError(
+            f"This model has dropout={dropout} and was called with `inference=False` but no `key`; pass "
+            "`key=...` for training, or `inference=True` for evaluation and sampling."
+        )
+    return key
+
+
+def zero_init_linear(linear: eqx.nn.Linear) -> eqx.nn.Linear:
+    """Return `linear` with weight and bias set to zero (output layers start at the zero function)."""
+    linear = eqx.tree_at(lambda m: m.weight, linear, jnp.zeros_like(linear.weight))
+    if linear.bias is not None:
+        linear = eqx.tree_at(lambda m: m.bias, linear, jnp.zeros_like(linear.bias))
+    return linear
