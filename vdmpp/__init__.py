@@ -3,6 +3,7 @@
 import importlib.metadata
 
 from . import (
+    adaptive as adaptive,
     data as data,
     losses as losses,
     nn as nn,
