@@ -160,7 +160,11 @@ def build_model(cfg: Config, data: vd.data.Dataset, key) -> eqx.Module:
 
 @eqx.filter_jit
 def ancestral_samples(model, parameterisation, key, *, shape, num: int, num_steps: int, lam_min, lam_max, levels):
-    r"""DDPM ancestral sampling on a cosine λ grid: $z_s = (\alpha_s/\alpha_t)(z_t - \sigma_t c\hat\epsilon) + \sigma_s\sqrt{c}\xi$."""
+    r"""DDPM ancestral sampling on a cosine λ grid (THEORY §7), then $\hat x$ at $\lambda_{max}$, quantised.
+
+    Step $t \to s$: $c = -\mathrm{expm1}(\lambda_t - \lambda_s)$,
+    $z_s = (\alpha_s/\alpha_t)(z_t - \sigma_t c\hat\epsilon) + \sigma_s\sqrt{c}\,\xi$.
+    """
     sched = vd.schedules.Cosine(lam_min=lam_min, lam_max=lam_max)
     den = vd.nn.as_denoiser(model, parameterisation)
     ts = jnp.linspace(1.0, 0.0, num_steps + 1)

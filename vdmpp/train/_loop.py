@@ -177,7 +177,8 @@ def fit(
     ckpt_dir = workdir / "checkpoints"
     if not resume and ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
         raise ValueError(
-            f"`workdir` {workdir} already holds checkpoints; pass --resume to continue that run or choose a new --workdir."
+            f"`workdir` {workdir} already holds checkpoints; pass --resume to continue that run "
+            "or choose a new --workdir."
         )
     json.dumps(config)
     ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, compare_keys=compare_keys)
