@@ -289,9 +289,8 @@ def main(cfg: Config) -> dict:
     if jax.process_index() == 0:
         out = pathlib.Path(cfg.workdir).absolute()
         uniform = float(np.log2(levels))
-        print(
-            f"\ntest bits/dim (-ELBO, EMA model): {summary['test_bpd']:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})"
-        )
+        bpd = summary["test_bpd"]
+        print(f"\ntest bits/dim (-ELBO, EMA model): {bpd:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})")
         print(f"outputs in {out}:")
         for name in summary.get("files", []) + ["summary.json", "tb/"]:
             print(f"  {out / name}")
