@@ -43,6 +43,7 @@ class LoopConfig:
         fsdp: size of the mesh's `fsdp` axis (1: pure data parallelism).
         eval_batch: examples per evaluation batch.
         eval_examples: evaluate on at most this many test examples (0: all).
+        eval_repeats: Monte Carlo samples of the bound per test example (averaged).
         tensorboard: write TensorBoard events.
         progress: show a tqdm bar.
     """
@@ -59,6 +60,7 @@ class LoopConfig:
     fsdp: int = 1
     eval_batch: int = 256
     eval_examples: int = 0
+    eval_repeats: int = 4
     tensorboard: bool = True
     progress: bool = True
 
@@ -76,22 +78,25 @@ def _eval_bpd(model, loss: AbstractLoss, batch, key, sched_state):
     return loss.bits_per_dim(model, batch, key=key, sched_state=sched_state)
 
 
-def evaluate_bpd(model: Any, loss: AbstractLoss, data: np.ndarray, *, key, sched_state, batch_size: int = 256) -> float:
-    """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array), in fixed-size padded batches."""
+def evaluate_bpd(
+    model: Any, loss: AbstractLoss, data: np.ndarray, *, key, sched_state, batch_size: int = 256, repeats: int = 1
+) -> float:
+    """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array) and `repeats` draws, in fixed-size batches."""
     data = np.asarray(data)
     n = data.shape[0]
     if n == 0:
         raise ValueError("`data` for evaluation is empty.")
     b = min(batch_size, n)
     total = 0.0
-    for i, start in enumerate(range(0, n, b)):
+    starts = [s for _ in range(repeats) for s in range(0, n, b)]
+    for i, start in enumerate(starts):
         chunk = data[start : start + b]
         m = chunk.shape[0]
         if m < b:  # pad by wrapping so the shape (and the compiled function) stays the same
             chunk = np.concatenate([chunk, data[: b - m]])
         bpd = _eval_bpd(model, loss, {"x": jnp.asarray(chunk)}, jr.fold_in(key, i), sched_state)
         total += float(jnp.sum(bpd[:m]))
-    return total / n
+    return total / (n * repeats)
 
 
 def _plots(workdir: pathlib.Path, logger: MetricsLogger, loss: AbstractLoss, sched_state: Any) -> list[str]:

@@ -128,22 +128,6 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(sched, b1=b1, b2=b2, eps=eps))
 
 
-def _all_finite(tree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree) if eqx.is_inexact_array(x)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _select(pred: Array, on_true, on_false):
-    def pick(a, b):
-        if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-            return a  # keys are never changed by a step
-        if eqx.is_array(a):
-            return jnp.where(pred, a, b)
-        return a
-
-    return jtu.tree_map(pick, on_true, on_false, is_leaf=lambda x: x is None)
-
-
 def _loss_and_grads(model, batch, key, sched_state, loss: AbstractLoss, accum_steps: int):
     def mean_loss(params, static, mb, k):
         per_example, aux = loss(eqx.combine(params, static), mb, key=k, sched_state=sched_state)
@@ -207,22 +191,31 @@ def train_step(
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"`ema_decay` must lie in [0, 1); got {ema_decay}.")
     key = jr.fold_in(jr.fold_in(state.key, state.step), state.total_skips)
+    one = jnp.ones((), jnp.int32)
     with jax.numpy_dtype_promotion("standard"):
         value, aux, grads = _loss_and_grads(state.model, batch, key, state.sched_state, loss, accum_steps)
-        finite = jnp.isfinite(value) & _all_finite(grads)
-        params = eqx.filter(state.model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        model = eqx.apply_updates(state.model, updates)
-        new_params = eqx.filter(model, eqx.is_inexact_array)
-        ema = jtu.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, new_params)
-        sched_state = loss.update_schedule(state.sched_state, aux)
         grad_norm = optax.global_norm(grads)
-    one = jnp.ones((), jnp.int32)
-    applied = TrainState(
-        model, opt_state, ema, sched_state, state.step + one, state.key, state.skips * 0, state.total_skips
-    )
-    rejected = eqx.tree_at(lambda s: (s.skips, s.total_skips), state, (state.skips + one, state.total_skips + one))
-    new_state = _select(finite, applied, rejected)
+        # a non-finite gradient entry makes the global norm non-finite (one reduction, shared with clipping)
+        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+        arrays, static = eqx.partition(state, eqx.is_array)
+
+        def apply(_):
+            # only the applied branch runs the update (lax.cond), so the guard costs nothing on the common path
+            params = eqx.filter(state.model, eqx.is_inexact_array)
+            updates, opt_state = optimizer.update(grads, state.opt_state, params)
+            model = eqx.apply_updates(state.model, updates)
+            new_params = eqx.filter(model, eqx.is_inexact_array)
+            ema = jtu.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, new_params)
+            sched_state = loss.update_schedule(state.sched_state, aux)
+            new = TrainState(
+                model, opt_state, ema, sched_state, state.step + one, state.key, state.skips * 0, state.total_skips
+            )
+            return eqx.filter(new, eqx.is_array)
+
+        def reject(_):
+            return eqx.tree_at(lambda s: (s.skips, s.total_skips), arrays, (state.skips + one, state.total_skips + one))
+
+        new_state = eqx.combine(jax.lax.cond(finite, apply, reject, None), static)
     if sharding is not None:
         new_state = sharding.constrain(new_state)
     metrics = {
