@@ -4,6 +4,7 @@ import itertools
 import os
 import pathlib
 
+
 # Fake 8 CPU devices so sharding tests run in-process (must precede the first jax import).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()

@@ -304,3 +304,31 @@ def test_corrupt_checkpoint_is_an_error_not_skipped(tmp_path):
     like = vd.train.init_train_state(model, opt, loss, key=jr.key(7))
     with pytest.raises(vd.train.CheckpointError, match="checkpoints/4.*corrupt"):
         vd.train.Checkpointer(tmp_path / "checkpoints").restore(like, config=CONFIG)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_jax_distributed_match_one_process(tmp_path):
+    # reference: one process, 4 of the 8 fake devices, the same global batches
+    sharding = vd.train.Sharding(vd.train.make_mesh(1, devices=jax.devices()[:4]))
+    ref_losses, ref_state = _run_steps(3, sharding)
+    port, out = str(_free_port()), str(tmp_path / "out.json")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    script = str(ROOT / "tests" / "_multihost_worker.py")
+    procs = [subprocess.Popen([sys.executable, script, port, str(i), out], env=env) for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=240) == 0
+    got = json.loads(pathlib.Path(out).read_text())
+    assert np.allclose(got["losses"], ref_losses, rtol=1e-5)
+    assert np.allclose(np.asarray(got["w"]), np.asarray(ref_state.model.mlp.layers[0].weight), rtol=1e-4, atol=1e-6)

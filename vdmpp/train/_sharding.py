@@ -82,9 +82,13 @@ class Sharding(eqx.Module):
         return jtu.tree_map(lambda x: self.leaf(x) if eqx.is_array(x) else None, state)
 
     def shard_state(self, state: Any) -> Any:
-        """Place `state` on the mesh (replicated / FSDP-split)."""
+        """Place `state` on the mesh (replicated / FSDP-split).
+
+        With several processes, host-local leaves must hold the same value on every process (they do
+        when built from the same seed or restored from the same checkpoint).
+        """
         arrays, static = eqx.partition(state, eqx.is_array)
-        placed = jtu.tree_map(lambda x: jax.device_put(x, self.leaf(x)), arrays)
+        placed = jtu.tree_map(lambda x: _place(x, self.leaf(x)), arrays)
         return eqx.combine(placed, static)
 
     def constrain(self, state: Any) -> Any:
@@ -113,6 +117,18 @@ class Sharding(eqx.Module):
             else:
                 out[name] = jax.make_array_from_process_local_data(self.batch, x)
         return out
+
+
+def _place(x: Any, sharding: NamedSharding) -> jax.Array:
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already global: reshard on device
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _place(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def replicate_to_host(tree: Any) -> Any:
