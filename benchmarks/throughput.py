@@ -65,7 +65,7 @@ def worker(batch_size: int, steps: int) -> dict:
 def run(batch_size: int, steps: int, cache_dir: str) -> dict:
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)}
     code = (
-        "import jax; jax.config.update('jax_compilation_cache_dir', __import__('os').environ['JAX_COMPILATION_CACHE_DIR']);"
+        "import jax, os; jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR']);"
         "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0);"
         "jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)"
     )
