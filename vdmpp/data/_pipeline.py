@@ -11,7 +11,7 @@ class _Gather(grain.transforms.Map):
         self._array = array
         self._labels = labels
 
-    def map(self, element):
+    def map(self, element):  # pyright: ignore[reportIncompatibleMethodOverride]
         idx = np.asarray(element)
         out = {"x": self._array[idx]}
         if self._labels is not None:

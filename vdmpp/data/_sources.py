@@ -98,8 +98,8 @@ def _digits() -> Dataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = d.images.astype(np.uint8)[..., None]  # values 0..16 exactly
-    y = d.target.astype(np.int64)
+    x = np.asarray(d.images).astype(np.uint8)[..., None]  # pyright: ignore[reportAttributeAccessIssue]  (0..16)
+    y = np.asarray(d.target).astype(np.int64)  # pyright: ignore[reportAttributeAccessIssue]
     num_test = 297  # fixed split: the last 297 of the 1797 images
     return Dataset(
         train=x[:-num_test],

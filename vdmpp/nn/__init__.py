@@ -3,3 +3,5 @@
 from ._denoiser import as_denoiser as as_denoiser, ModelDenoiser as ModelDenoiser
 from ._embed import ClassEmbedding as ClassEmbedding, LamEmbedding as LamEmbedding
 from ._mlp import MLP as MLP
+from ._transformer import Transformer as Transformer
+from ._unet import UNet as UNet

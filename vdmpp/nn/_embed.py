@@ -12,9 +12,9 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
+from ._layers import Embedding, init_rng, Linear, sub_key
 
 
 def _check_lam_range(lam_min: float, lam_max: float) -> None:
@@ -56,8 +56,8 @@ class LamEmbedding(eqx.Module):
     lam_max: float = eqx.field(static=True)
     num_features: int = eqx.field(static=True)
     scale: float = eqx.field(static=True)
-    linear1: eqx.nn.Linear
-    linear2: eqx.nn.Linear
+    linear1: Linear
+    linear2: Linear
 
     def __init__(
         self,
@@ -73,11 +73,11 @@ class LamEmbedding(eqx.Module):
         _check_positive("dim", dim)
         num_features = dim if num_features is None else num_features
         _check_positive("num_features", num_features)
-        k1, k2 = jr.split(key)
+        rng = init_rng(key)
         self.lam_min, self.lam_max = float(lam_min), float(lam_max)
         self.num_features, self.scale = num_features, float(scale)
-        self.linear1 = eqx.nn.Linear(num_features, dim, key=k1)
-        self.linear2 = eqx.nn.Linear(dim, dim, key=k2)
+        self.linear1 = Linear(num_features, dim, key=sub_key(rng))
+        self.linear2 = Linear(dim, dim, key=sub_key(rng))
 
     def normalise(self, lam: FloatScalarLike) -> Float[Array, ""]:
         r"""$u = \mathrm{clip}((\lambda - \lambda_{\min})/(\lambda_{\max} - \lambda_{\min}), 0, 1)$."""
@@ -100,26 +100,24 @@ class ClassEmbedding(eqx.Module):
     """
 
     num_classes: int = eqx.field(static=True)
-    table: eqx.nn.Embedding
+    table: Embedding
 
     def __init__(self, num_classes: int, dim: int, *, key: PRNGKeyArray):
         _check_positive("num_classes", num_classes)
         self.num_classes = num_classes
-        self.table = eqx.nn.Embedding(num_classes + 1, dim, key=key)
+        self.table = Embedding(num_classes + 1, dim, key=key)
 
     def __call__(self, label: Int[Array, ""] | int | None) -> Float[Array, " dim"]:
         """Embed one label (`None` or `num_classes`: the null class)."""
-        if label is None:
-            label = self.num_classes
-        label = jnp.asarray(label)
-        if label.shape != () or not jnp.issubdtype(label.dtype, jnp.integer):
-            raise TypeError(f"`label` must be an integer scalar (one example); got {label.dtype}{list(label.shape)}.")
-        label = eqx.error_if(
-            label,
-            (label < 0) | (label > self.num_classes),
+        index = jnp.asarray(self.num_classes if label is None else label)
+        if index.shape != () or not jnp.issubdtype(index.dtype, jnp.integer):
+            raise TypeError(f"`label` must be an integer scalar (one example); got {index.dtype}{list(index.shape)}.")
+        index = eqx.error_if(
+            index,
+            (index < 0) | (index > self.num_classes),
             f"`label` must be in [0, {self.num_classes}] ({self.num_classes} is the null class).",
         )
-        return self.table(label)
+        return self.table(index)
 
 
 def _check_label(num_classes: int | None, label) -> None:
@@ -135,11 +133,3 @@ def _dropout_key(dropout: float, key: PRNGKeyArray | None, inference: bool) -> P
             "`key=...` for training, or `inference=True` for evaluation and sampling."
         )
     return key
-
-
-def zero_init_linear(linear: eqx.nn.Linear) -> eqx.nn.Linear:
-    """Return `linear` with weight and bias set to zero (output layers start at the zero function)."""
-    linear = eqx.tree_at(lambda m: m.weight, linear, jnp.zeros_like(linear.weight))
-    if linear.bias is not None:
-        linear = eqx.tree_at(lambda m: m.bias, linear, jnp.zeros_like(linear.bias))
-    return linear

@@ -11,23 +11,23 @@ from ._embed import (
     _dropout_key,
     ClassEmbedding,
     LamEmbedding,
-    zero_init_linear,
 )
+from ._layers import init_rng, LayerNorm, Linear, sub_key
 
 
 class _MLPBlock(eqx.Module):
-    norm: eqx.nn.LayerNorm
-    linear1: eqx.nn.Linear
-    cond: eqx.nn.Linear
-    linear2: eqx.nn.Linear
+    norm: LayerNorm
+    linear1: Linear
+    cond: Linear
+    linear2: Linear
     dropout: eqx.nn.Dropout
 
     def __init__(self, width: int, emb_dim: int, dropout: float, *, key: PRNGKeyArray):
-        k1, k2, k3 = jr.split(key, 3)
-        self.norm = eqx.nn.LayerNorm(width)
-        self.linear1 = eqx.nn.Linear(width, width, key=k1)
-        self.cond = eqx.nn.Linear(emb_dim, width, key=k2)
-        self.linear2 = eqx.nn.Linear(width, width, key=k3)
+        rng = init_rng(key)
+        self.norm = LayerNorm(width)
+        self.linear1 = Linear(width, width, key=sub_key(rng))
+        self.cond = Linear(emb_dim, width, key=sub_key(rng))
+        self.linear2 = Linear(width, width, key=sub_key(rng))
         self.dropout = eqx.nn.Dropout(dropout)
 
     def __call__(self, h, emb, key, inference):
@@ -58,10 +58,10 @@ class MLP(eqx.Module):
     dropout_rate: float = eqx.field(static=True)
     lam_embed: LamEmbedding
     class_embed: ClassEmbedding | None
-    inp: eqx.nn.Linear
+    inp: Linear
     blocks: tuple[_MLPBlock, ...]
-    out_norm: eqx.nn.LayerNorm
-    out: eqx.nn.Linear
+    out_norm: LayerNorm
+    out: Linear
 
     def __init__(
         self,
@@ -80,14 +80,14 @@ class MLP(eqx.Module):
             _check_positive(name, value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
-        ke, kc, ki, kb, ko = jr.split(key, 5)
+        rng = init_rng(key)
         self.data_dim, self.num_classes, self.dropout_rate = data_dim, num_classes, float(dropout)
-        self.lam_embed = LamEmbedding(emb_dim, lam_min, lam_max, key=ke)
-        self.class_embed = None if num_classes is None else ClassEmbedding(num_classes, emb_dim, key=kc)
-        self.inp = eqx.nn.Linear(data_dim, width, key=ki)
-        self.blocks = tuple(_MLPBlock(width, emb_dim, dropout, key=k) for k in jr.split(kb, depth))
-        self.out_norm = eqx.nn.LayerNorm(width)
-        self.out = zero_init_linear(eqx.nn.Linear(width, data_dim, key=ko))
+        self.lam_embed = LamEmbedding(emb_dim, lam_min, lam_max, key=sub_key(rng))
+        self.class_embed = None if num_classes is None else ClassEmbedding(num_classes, emb_dim, key=sub_key(rng))
+        self.inp = Linear(data_dim, width, key=sub_key(rng))
+        self.blocks = tuple(_MLPBlock(width, emb_dim, dropout, key=sub_key(rng)) for _ in range(depth))
+        self.out_norm = LayerNorm(width)
+        self.out = Linear(width, data_dim, zero_init=True, key=sub_key(rng))
 
     def __call__(
         self,

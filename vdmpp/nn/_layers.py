@@ -1,0 +1,218 @@
+"""Channels-last building blocks (Equinox's own convolutions and GroupNorm are channels-first)."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from .._types import Array, Float, Int, PRNGKeyArray
+
+
+class _Init:
+    """Parameter initialiser seeded from a JAX key.
+
+    With a concrete key it draws with NumPy on the host: initialising with `jax.random` compiles one XLA
+    program per parameter shape (a small U-Net compiles dozens, tens of seconds on a busy CPU). With a traced
+    key (construction under `jit`, `vmap` or `eqx.filter_eval_shape`) it falls back to `jax.random`. Either
+    way the parameters are a deterministic function of the key (the two paths give different values).
+    """
+
+    def __init__(self, key: PRNGKeyArray):
+        self._key = key
+        try:
+            seed = np.asarray(jr.key_data(key)).ravel().tolist()
+        except jax.errors.TracerArrayConversionError:  # traced key: use jax.random
+            self._rng = None
+        else:
+            self._rng = np.random.default_rng(seed)
+
+    def _next_key(self) -> PRNGKeyArray:
+        self._key, sub = jr.split(self._key)
+        return sub
+
+    def key(self) -> PRNGKeyArray:
+        """A fresh key for a sub-module's constructor."""
+        if self._rng is None:
+            return self._next_key()
+        return jr.key(int(self._rng.integers(0, 2**31 - 1)))
+
+    def uniform(self, shape: tuple[int, ...], lim: float) -> Array:
+        """Uniform in ±lim (zeros when lim is 0), float32."""
+        if lim == 0.0:
+            return jnp.zeros(shape)
+        if self._rng is None:
+            return jr.uniform(self._next_key(), shape, minval=-lim, maxval=lim)
+        return jnp.asarray(self._rng.uniform(-lim, lim, size=shape).astype(np.float32))
+
+    def normal(self, shape: tuple[int, ...], scale: float = 1.0) -> Array:
+        """Normal with standard deviation `scale`, float32."""
+        if self._rng is None:
+            return scale * jr.normal(self._next_key(), shape)
+        return jnp.asarray((scale * self._rng.standard_normal(shape)).astype(np.float32))
+
+
+def init_rng(key: PRNGKeyArray) -> _Init:
+    """An initialiser seeded from `key` (NumPy on the host for concrete keys, see `_Init`)."""
+    return _Init(key)
+
+
+def sub_key(rng: _Init) -> PRNGKeyArray:
+    """A fresh JAX key drawn from `rng` (to hand a key to a sub-module's constructor)."""
+    return rng.key()
+
+
+class Linear(eqx.Module):
+    """Affine map `x @ W.T + b` on the last axis; PyTorch/Equinox initialisation (uniform ±1/sqrt(in)).
+
+    Args:
+        in_features, out_features: sizes.
+        zero_init: start with zero weight and bias (output layers).
+        key: initialisation key.
+    """
+
+    weight: Float[Array, "out in"]
+    bias: Float[Array, " out"]
+
+    def __init__(self, in_features: int, out_features: int, *, zero_init: bool = False, key: PRNGKeyArray):
+        rng = init_rng(key)
+        lim = 0.0 if zero_init else 1.0 / math.sqrt(in_features)
+        self.weight = rng.uniform((out_features, in_features), lim)
+        self.bias = rng.uniform((out_features,), lim)
+
+    def __call__(self, x: Float[Array, "*batch in"]) -> Float[Array, "*batch out"]:
+        """Apply to the last axis (any leading axes)."""
+        w, b = self.weight.astype(x.dtype), self.bias.astype(x.dtype)
+        return x @ w.T + jnp.broadcast_to(b, x.shape[:-1] + b.shape)
+
+
+class LayerNorm(eqx.Module):
+    """Layer normalisation over the last axis with a learned scale and shift."""
+
+    weight: Float[Array, " c"]
+    bias: Float[Array, " c"]
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        self.weight, self.bias, self.eps = jnp.ones((channels,)), jnp.zeros((channels,)), eps
+
+    def __call__(self, x: Float[Array, "*batch c"]) -> Float[Array, "*batch c"]:
+        """Normalise the last axis."""
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.var(x, axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return y * jnp.broadcast_to(self.weight.astype(x.dtype), x.shape) + jnp.broadcast_to(
+            self.bias.astype(x.dtype), x.shape
+        )
+
+
+class Embedding(eqx.Module):
+    """Lookup table `(num, dim)` initialised from a standard normal."""
+
+    weight: Float[Array, "num dim"]
+
+    def __init__(self, num_embeddings: int, dim: int, *, key: PRNGKeyArray, scale: float = 1.0):
+        rng = init_rng(key)
+        self.weight = rng.normal((num_embeddings, dim), scale)
+
+    def __call__(self, index: Int[Array, "*shape"]) -> Float[Array, "*shape dim"]:
+        """Look up rows."""
+        return self.weight[index]
+
+
+class Conv2d(eqx.Module):
+    """2-D convolution on one channels-last image `(H, W, C_in) -> (H', W', C_out)`, 'SAME' padding.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: square kernel size.
+        stride: stride in both directions.
+        zero_init: start with zero weight and bias (output layers).
+        key: initialisation key (uniform in ±1/sqrt(fan_in), PyTorch's default).
+    """
+
+    weight: Float[Array, "kh kw cin cout"]
+    bias: Float[Array, " cout"]
+    stride: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        zero_init: bool = False,
+        key: PRNGKeyArray,
+    ):
+        rng = init_rng(key)
+        lim = 0.0 if zero_init else 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.weight = rng.uniform((kernel_size, kernel_size, in_channels, out_channels), lim)
+        self.bias = rng.uniform((out_channels,), lim)
+        self.stride = stride
+
+    def __call__(self, x: Float[Array, "h w cin"]) -> Float[Array, "h2 w2 cout"]:
+        """Apply the convolution."""
+        y = jax.lax.conv_general_dilated(
+            x[None],
+            self.weight.astype(x.dtype),
+            window_strides=(self.stride, self.stride),
+            padding="SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )[0]
+        return y + self.bias.astype(x.dtype)[None, None, :]
+
+
+class GroupNorm(eqx.Module):
+    """Group normalisation over a channels-last image `(H, W, C)` (statistics per group over H, W, C/G)."""
+
+    weight: Float[Array, " c"]
+    bias: Float[Array, " c"]
+    groups: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5):
+        if channels % groups:
+            raise ValueError(
+                f"GroupNorm needs `channels` divisible by the number of groups; got {channels} channels and "
+                f"{groups} groups. Choose channel widths that are multiples of `num_groups`."
+            )
+        self.weight, self.bias = jnp.ones((channels,)), jnp.zeros((channels,))
+        self.groups, self.eps = groups, eps
+
+    def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "h w c"]:
+        """Normalise."""
+        h, w, c = x.shape
+        xg = x.reshape(h, w, self.groups, c // self.groups)
+        mean = jnp.mean(xg, axis=(0, 1, 3), keepdims=True)
+        var = jnp.var(xg, axis=(0, 1, 3), keepdims=True)
+        xg = (xg - mean) * jax.lax.rsqrt(var + self.eps)
+        return (
+            xg.reshape(h, w, c) * self.weight.astype(x.dtype)[None, None, :] + self.bias.astype(x.dtype)[None, None, :]
+        )
+
+
+class SelfAttention(eqx.Module):
+    """Multi-head self-attention over a sequence `(L, C)` with a zero-initialised output projection."""
+
+    qkv: Linear
+    proj: Linear
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, channels: int, num_heads: int, *, key: PRNGKeyArray, zero_init_output: bool = True):
+        if channels % num_heads:
+            raise ValueError(f"`channels`={channels} must be divisible by `num_heads`={num_heads}.")
+        rng = init_rng(key)
+        self.qkv = Linear(channels, 3 * channels, key=sub_key(rng))
+        self.proj = Linear(channels, channels, zero_init=zero_init_output, key=sub_key(rng))
+        self.num_heads = num_heads
+
+    def __call__(self, x: Float[Array, "L c"]) -> Float[Array, "L c"]:
+        """Attend (bidirectional, no mask)."""
+        length, c = x.shape
+        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+        shape = (length, self.num_heads, c // self.num_heads)
+        out = jax.nn.dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape))
+        return self.proj(out.reshape(length, c))
