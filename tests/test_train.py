@@ -332,3 +332,60 @@ def test_two_processes_jax_distributed_match_one_process(tmp_path):
     got = json.loads(pathlib.Path(out).read_text())
     assert np.allclose(got["losses"], ref_losses, rtol=1e-5)
     assert np.allclose(np.asarray(got["w"]), np.asarray(ref_state.model.mlp.layers[0].weight), rtol=1e-4, atol=1e-6)
+
+
+# --- the experiment script: bad input leaves nothing behind ------------------------------------
+
+
+def _experiment():
+    sys.path.insert(0, str(ROOT))
+    import experiments.train_gaussian as tg
+
+    return tg
+
+
+def test_experiment_batch_larger_than_data_set(tmp_path):
+    tg = _experiment()
+    work = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"`--batch-size` \(5000\) is larger than the training set"):
+        tg.main(tg.Config(workdir=str(work), data="digits", batch_size=5000, progress=False))
+    assert not work.exists(), "nothing may be written for a bad config"
+
+
+def test_experiment_missing_data_path(tmp_path):
+    tg = _experiment()
+    work = tmp_path / "run"
+    with pytest.raises(FileNotFoundError):
+        tg.main(tg.Config(workdir=str(work), data=str(tmp_path / "nope.npy"), progress=False))
+    assert not work.exists()
+
+
+def test_demo_preset_keeps_explicit_flags():
+    tg = _experiment()
+    cfg = tg.apply_demo(tg.Config(workdir="w", demo=True, steps=7))
+    assert cfg.steps == 7 and cfg.dropout == tg.DEMO["dropout"] and cfg.schedule == "adaptive"
+    assert cfg.weighting == "sigmoid" and cfg.weighting_param == 2.0
+    assert tg.apply_demo(tg.Config(workdir="w")) == tg.Config(workdir="w")
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end_writes_outputs(tmp_path):
+    tg = _experiment()
+    cfg = tg.Config(
+        workdir=str(tmp_path),
+        steps=40,
+        checkpoint_every=20,
+        eval_every=20,
+        width=32,
+        depth=1,
+        batch_size=32,
+        num_samples=4,
+        sample_steps=5,
+        progress=False,
+    )
+    summary = tg.main(cfg)
+    for name in ("summary.json", "metrics.jsonl", "samples.png", "loss_curve.png", "bpd_curve.png", "p_lambda.png"):
+        assert (tmp_path / name).is_file(), name
+    assert np.isfinite(summary["test_bpd"])
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 40]
+    assert not list(tmp_path.rglob("*.tmp"))
