@@ -9,6 +9,7 @@ import abc
 import functools as ft
 import math
 from collections.abc import Callable
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 from ._types import Array, Float, Int, PRNGKeyArray, Shaped
 from .process import vp_alpha_sigma
 from .schedules import AbstractSchedule
-from .weighting import ELBO, AbstractWeighting
+from .weighting import AbstractWeighting, ELBO
 
 
 # --- time samplers (THEORY §6) --------------------------------------------------------------
@@ -96,9 +97,9 @@ def _eps_error(denoiser: Callable, x: Array, eps: Array, lam: Array) -> Array:
 
 def weighted_loss_at(
     denoiser: Callable,
-    x: Float[Array, "batch *data"],
+    x: Float[Array, " batch *data"],
     t: Float[Array, " batch"],
-    eps: Float[Array, "batch *data"],
+    eps: Float[Array, " batch *data"],
     *,
     schedule: AbstractSchedule,
     weighting: AbstractWeighting,
@@ -134,7 +135,7 @@ def weighted_loss_at(
 
 def weighted_loss(
     denoiser: Callable,
-    x: Float[Array, "batch *data"],
+    x: Float[Array, " batch *data"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractSchedule,
@@ -144,7 +145,8 @@ def weighted_loss(
 ) -> Float[Array, " batch"] | tuple[Float[Array, " batch"], WeightedLossAux]:
     r"""Monte Carlo estimate of the weighted loss $L_w(x)$ per example (K&G eq. 5–7).
 
-    $L_w(x) = \tfrac12 \int_{\lambda_{min}}^{\lambda_{max}} w(\lambda)\, E_\epsilon\|\hat\epsilon(z_\lambda;\lambda) - \epsilon\|^2 d\lambda$,
+    $L_w(x) = \tfrac12 \int_{\lambda_{min}}^{\lambda_{max}} w(\lambda)\,
+    E_\epsilon\|\hat\epsilon(z_\lambda;\lambda) - \epsilon\|^2 d\lambda$,
     estimated with one $(t, \epsilon)$ per example, $t$ from `time_sampler` (low-discrepancy by
     default) mapped through the schedule. Unbiased for every schedule; the schedule only changes the
     variance.
@@ -170,9 +172,9 @@ def weighted_loss(
 
 def discrete_loss_at(
     denoiser: Callable,
-    x: Float[Array, "batch *data"],
+    x: Float[Array, " batch *data"],
     i: Int[Array, " batch"],
-    eps: Float[Array, "batch *data"],
+    eps: Float[Array, " batch *data"],
     *,
     schedule: AbstractSchedule,
     num_steps: int,
@@ -194,7 +196,7 @@ def discrete_loss_at(
 
 def discrete_loss(
     denoiser: Callable,
-    x: Float[Array, "batch *data"],
+    x: Float[Array, " batch *data"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractSchedule,
@@ -203,7 +205,8 @@ def discrete_loss(
 ) -> Float[Array, " batch"]:
     r"""Monte Carlo estimate of the discrete-time loss $L_T$ per example (THEORY §6).
 
-    $L_T = \tfrac{T}{2} E_{i \sim U\{1..T\}, \epsilon}[\mathrm{expm1}(\lambda_s - \lambda_t)\|\epsilon - \hat\epsilon(z_t)\|^2]$;
+    $L_T = \tfrac{T}{2} E_{i \sim U\{1..T\}, \epsilon}
+    [\mathrm{expm1}(\lambda_s - \lambda_t)\|\epsilon - \hat\epsilon(z_t)\|^2]$;
     $L_T \to L_\infty$ as $T \to \infty$.
     """
     _check_num_steps(num_steps)
@@ -239,11 +242,14 @@ def prior_kl(x: Float[Array, "*data"], lam_min: float | Array) -> Float[Array, "
 
 
 def decoder_logits(z0: Float[Array, "*data"], lam_max: float | Array, num_levels: int) -> Float[Array, "*data levels"]:
-    r"""Logits of the factorised discretised decoder $p(x_d = v|z_0) \propto \exp(-\tfrac12 e^{\lambda}(z_0/\alpha_0 - f(v))^2)$."""
+    r"""Logits of the factorised discretised decoder (VDM; THEORY §6).
+
+    $p(x_d = v|z_0) \propto \exp(-\tfrac12 e^{\lambda}(z_0/\alpha_0 - f(v))^2)$ over the levels $v$.
+    """
     lam = jnp.asarray(lam_max, z0.dtype)
     alpha, _ = vp_alpha_sigma(lam)
     centres = uint8_to_float(jnp.arange(num_levels), num_levels).astype(z0.dtype)
-    diff = (z0 / alpha)[..., None] - centres
+    diff = (z0 / alpha)[..., None] - centres.reshape((1,) * z0.ndim + (num_levels,))  # explicit rank (strict promotion)
     return -0.5 * jnp.exp(lam) * diff**2
 
 
@@ -288,8 +294,11 @@ def _check_levels(x_int, num_levels: int) -> Array:
         )
     if jnp.ndim(x_int) < 2:
         raise ValueError(f"`x_uint8` must be a batch shaped (batch, *data); got shape {jnp.shape(x_int)}.")
-    if not isinstance(x_int, jax.core.Tracer):
+    try:
         concrete = np.asarray(x_int)
+    except jax.errors.TracerArrayConversionError:
+        concrete = None
+    if concrete is not None:
         lo, hi = int(concrete.min()), int(concrete.max())
         x_int = jnp.asarray(x_int)
         if lo < 0 or hi >= num_levels:
@@ -298,13 +307,14 @@ def _check_levels(x_int, num_levels: int) -> Array:
                 f"got values in [{lo}, {hi}]. Set `num_levels` to the data's number of levels."
             )
     else:
-        x_int = eqx.error_if(x_int, (x_int < 0) | (x_int >= num_levels), "`x_uint8` values outside [0, num_levels).")
+        wide = x_int.astype(jnp.int32)  # compare in int32: uint8 cannot hold num_levels = 256
+        x_int = eqx.error_if(x_int, (wide < 0) | (wide >= num_levels), "`x_uint8` values outside [0, num_levels).")
     return x_int
 
 
 def elbo_terms(
     denoiser: Callable,
-    x_uint8: Shaped[Array, "batch *data"],
+    x_uint8: Shaped[Array, " batch *data"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractSchedule,
@@ -320,6 +330,7 @@ def elbo_terms(
     x = uint8_to_float(x_int, num_levels)
     dkey, rkey = jr.split(key)
     diffusion = weighted_loss(denoiser, x, key=dkey, schedule=schedule, weighting=ELBO(), time_sampler=time_sampler)
+    diffusion = cast(Array, diffusion)  # return_aux=False: a plain array
     eps0 = jr.normal(rkey, x.shape, x.dtype)
     recon = jax.vmap(lambda xi, ei: reconstruction_nll(xi, ei, schedule.lam_max, num_levels))(x_int, eps0)
     prior = jax.vmap(lambda xi: prior_kl(xi, schedule.lam_min))(x)
@@ -328,7 +339,7 @@ def elbo_terms(
 
 def elbo_bpd(
     denoiser: Callable,
-    x_uint8: Shaped[Array, "batch *data"],
+    x_uint8: Shaped[Array, " batch *data"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractSchedule,

@@ -23,9 +23,9 @@ class EmpiricalDenoiser(eqx.Module):
         data: the data set, shape `(N, *data)`, in model space (e.g. $[-1, 1]$).
     """
 
-    data: Float[Array, "N *data"]
+    data: Float[Array, " N *data"]
 
-    def __init__(self, data: Float[Array, "N *data"]):
+    def __init__(self, data: Float[Array, " N *data"]):
         data = jnp.asarray(data)
         if data.ndim < 2:
             raise ValueError(f"`data` must be shaped (N, *data) with N rows; got shape {data.shape}.")

@@ -84,12 +84,21 @@ class AbstractSchedule(eqx.Module):
         return t0, c1, (1 - t0) - c1
 
     def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
-        r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$; $\lambda(0) = \lambda_{max}$, $\lambda(1) = \lambda_{min}$."""
+        r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$.
+
+        $\lambda(0) = \lambda_{max}$ and $\lambda(1) = \lambda_{min}$.
+        """
         t = _as_float(t)
         t0, c1, width = self._t0_t1(t.dtype)
         u = t0 + width * t
         v = c1 + width * (1 - t)
-        return self._f(u, v)
+        # Where t0 (or 1 - t1) underflows to 0 (e.g. EDMTraining truncated at |lam| = 40 in float32), f would
+        # give +-inf at the ends: return the endpoint itself there, keeping f's input positive so grads stay finite.
+        tiny = jnp.finfo(u.dtype).tiny
+        lam = self._f(jnp.maximum(u, tiny), jnp.maximum(v, tiny))
+        lam_max = jnp.asarray(self.lam_max, lam.dtype)
+        lam_min = jnp.asarray(self.lam_min, lam.dtype)
+        return jnp.where(u <= 0, lam_max, jnp.where(v <= 0, lam_min, lam))
 
     def t(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Inverse map $\tilde f^{-1}(\lambda) = (f^{-1}(\lambda) - t_0)/(t_1 - t_0)$."""
