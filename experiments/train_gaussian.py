@@ -65,10 +65,15 @@ class Config:
     adaptive_bins: int = 100
     adaptive_decay: float = 0.999
     parameterisation: Param = "eps"
+    model: Literal["mlp", "unet"] = "mlp"
+    """mlp: residual MLP over the flattened image (width, depth); unet: ADM-style U-Net (unet_*)."""
     width: int = 256
     depth: int = 3
     emb_dim: int = 64
     dropout: float = 0.0
+    unet_channels: int = 32
+    unet_mults: tuple[int, ...] = (1, 2)
+    unet_res_blocks: int = 1
     fsdp: int = 1
     """Size of the mesh's fsdp axis (1: pure data parallelism)."""
     eval_every: int = 500
@@ -150,8 +155,21 @@ class FlatModel(eqx.Module):
 
 
 def build_model(cfg: Config, data: vd.data.Dataset, key) -> eqx.Module:
-    """A residual MLP over the flattened example, conditioned on the normalised log-SNR."""
+    """The network named by `cfg.model`, conditioned on the normalised log-SNR."""
     shape = data.example_shape
+    if cfg.model == "unet":
+        return vd.nn.UNet(
+            shape[-1],
+            base_channels=cfg.unet_channels,
+            channel_mults=cfg.unet_mults,
+            num_res_blocks=cfg.unet_res_blocks,
+            attention_levels=(len(cfg.unet_mults) - 1,),
+            num_groups=min(8, cfg.unet_channels),
+            dropout=cfg.dropout,
+            lam_min=cfg.lam_min,
+            lam_max=cfg.lam_max,
+            key=key,
+        )
     net = vd.nn.MLP(
         int(np.prod(shape)),
         width=cfg.width,
@@ -201,7 +219,19 @@ def config_record(cfg: Config) -> dict:
     """The JSON record saved with every checkpoint; its sections are compared on --resume."""
     d = dataclasses.asdict(cfg)
     section = {
-        "model": ("width", "depth", "emb_dim", "dropout", "parameterisation", "lam_min", "lam_max"),
+        "model": (
+            "model",
+            "width",
+            "depth",
+            "emb_dim",
+            "dropout",
+            "parameterisation",
+            "lam_min",
+            "lam_max",
+            "unet_channels",
+            "unet_mults",
+            "unet_res_blocks",
+        ),
         "loss": ("weighting", "weighting_param", "schedule", "schedule_shift", "adaptive_bins", "adaptive_decay"),
         "data": ("data", "batch_size", "seed"),
         "optimizer": ("lr", "warmup", "lr_schedule", "steps", "ema_decay", "accum_steps"),
