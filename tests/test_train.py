@@ -24,6 +24,10 @@ from helpers import finite, tree_allclose
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _one_device():
+    return vd.train.Sharding(vd.train.make_mesh(1, devices=jax.devices()[:1]))
+
+
 def _loss():
     return vd.train.GaussianLoss(vd.weighting.Sigmoid(2.0), vd.schedules.Cosine(-10.0, 10.0), num_levels=17)
 
@@ -162,7 +166,17 @@ def test_nan_guard_stops_run_and_last_checkpoint_restores(tmp_path, getkey):
 
     loop = vd.train.LoopConfig(steps=12, checkpoint_every=2, log_every=1, max_consecutive_skips=3, progress=False)
     with pytest.raises(vd.train.NonFiniteLossError, match="3 consecutive.*step 4.*intact"):
-        vd.train.fit(model, loss, opt, PoisonDS(), loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(0))
+        vd.train.fit(
+            model,
+            loss,
+            opt,
+            PoisonDS(),
+            loop=loop,
+            workdir=tmp_path,
+            config=CONFIG,
+            key=jr.key(0),
+            sharding=_one_device(),
+        )
     ckpt = vd.train.Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 4
     like = vd.train.init_train_state(model, opt, loss, key=jr.key(0))
@@ -228,13 +242,26 @@ def test_batch_not_divisible_by_devices():
 
 def test_resume_is_bitwise(tmp_path):
     model, loss, opt, loop, ds = build(steps=6, every=3)
-    straight = vd.train.fit(model, loss, opt, ds, loop=loop, workdir=tmp_path / "a", config=CONFIG, key=jr.key(7))
+    straight = vd.train.fit(
+        model, loss, opt, ds, loop=loop, workdir=tmp_path / "a", config=CONFIG, key=jr.key(7), sharding=_one_device()
+    )
     loop_k = vd.train.LoopConfig(steps=3, checkpoint_every=3, log_every=1, ema_decay=0.9, progress=False)
     _, _, _, _, ds = build(steps=6, every=3)
-    vd.train.fit(model, loss, opt, ds, loop=loop_k, workdir=tmp_path / "b", config=CONFIG, key=jr.key(7))
+    vd.train.fit(
+        model, loss, opt, ds, loop=loop_k, workdir=tmp_path / "b", config=CONFIG, key=jr.key(7), sharding=_one_device()
+    )
     _, _, _, _, ds = build(steps=6, every=3)
     resumed = vd.train.fit(
-        model, loss, opt, ds, loop=loop, workdir=tmp_path / "b", config=CONFIG, key=jr.key(7), resume=True
+        model,
+        loss,
+        opt,
+        ds,
+        loop=loop,
+        workdir=tmp_path / "b",
+        config=CONFIG,
+        key=jr.key(7),
+        resume=True,
+        sharding=_one_device(),
     )
     assert straight["steps"] == resumed["steps"] == 6 and resumed["resumed_from"] == 3
     _compare_runs(tmp_path / "a", tmp_path / "b", model, loss, opt)
@@ -259,7 +286,10 @@ def _compare_runs(a, b, model, loss, opt):
 def test_resume_after_sigkill(tmp_path):
     script = str(ROOT / "tests" / "_train_standins.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    subprocess.run([sys.executable, script, str(tmp_path / "a"), "6", "3"], check=True, env=env, timeout=120)
+    model, loss, opt, loop, ds = build(steps=6, every=3)  # the uninterrupted reference run, in-process
+    vd.train.fit(
+        model, loss, opt, ds, loop=loop, workdir=tmp_path / "a", config=CONFIG, key=jr.key(7), sharding=_one_device()
+    )
     proc = subprocess.Popen([sys.executable, script, str(tmp_path / "b"), "6", "3", "--slow"], env=env)
     ckpt3 = tmp_path / "b" / "checkpoints" / "3"
     deadline = time.time() + 120
@@ -272,7 +302,6 @@ def test_resume_after_sigkill(tmp_path):
     subprocess.run(
         [sys.executable, script, str(tmp_path / "b"), "6", "3", "--resume"], check=True, env=env, timeout=120
     )
-    model, loss, opt, _, _ = build(steps=6, every=3)
     _compare_runs(tmp_path / "a", tmp_path / "b", model, loss, opt)
     assert not list((tmp_path / "b").rglob("*.tmp")), "half-written files left behind"
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["resumed_from"] == 3
@@ -280,24 +309,41 @@ def test_resume_after_sigkill(tmp_path):
 
 def test_checkpoint_from_other_model_config_is_refused(tmp_path):
     model, loss, opt, loop, ds = build(steps=2, every=2)
-    vd.train.fit(model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7))
+    vd.train.fit(
+        model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7), sharding=_one_device()
+    )
     other = {**CONFIG, "model": {"kind": "tiny", "width": 48}}
     bigger = TinyDenoiser(16, 48, key=jr.key(0))
     _, _, _, _, ds = build(steps=4, every=2)
     with pytest.raises(vd.train.CheckpointError, match=r"different config:\n  model.width: checkpoint has 32"):
-        vd.train.fit(bigger, loss, opt, ds, loop=loop, workdir=tmp_path, config=other, key=jr.key(7), resume=True)
+        vd.train.fit(
+            bigger,
+            loss,
+            opt,
+            ds,
+            loop=loop,
+            workdir=tmp_path,
+            config=other,
+            key=jr.key(7),
+            resume=True,
+            sharding=_one_device(),
+        )
     # same config record but a different structure (e.g. edited code): caught by the shape check
     like = vd.train.init_train_state(bigger, opt, loss, key=jr.key(7))
     with pytest.raises(vd.train.CheckpointError, match="does not match this run's state structure"):
         vd.train.Checkpointer(tmp_path / "checkpoints").restore(like, config=CONFIG)
     # without --resume an existing run is never overwritten
     with pytest.raises(ValueError, match="already holds checkpoints"):
-        vd.train.fit(model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7))
+        vd.train.fit(
+            model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7), sharding=_one_device()
+        )
 
 
 def test_corrupt_checkpoint_is_an_error_not_skipped(tmp_path):
     model, loss, opt, loop, ds = build(steps=4, every=2)
-    vd.train.fit(model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7))
+    vd.train.fit(
+        model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7), sharding=_one_device()
+    )
     for f in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(b"\0" * 7)
