@@ -112,7 +112,7 @@ class Checkpointer:
         """The config JSON saved with a checkpoint."""
         step = self._resolve(step)
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+            return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
         except Exception as e:  # orbax raises many types; re-raise one clear error
             raise CheckpointError(f"Cannot read the config of checkpoint {self.directory / str(step)}: {e}") from e
 
@@ -169,7 +169,7 @@ class Checkpointer:
             )
         except Exception as e:
             raise CheckpointError(f"Checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}") from e
-        return _from_saveable(like, restored.state), restored.data, step
+        return _from_saveable(like, restored["state"]), restored["data"], step
 
     def close(self) -> None:
         """Finish pending writes and release the manager."""

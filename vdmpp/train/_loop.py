@@ -213,6 +213,7 @@ def fit(
     t_last, s_last, steps_per_s = time.perf_counter(), step, float("nan")
     t_start = time.perf_counter()
     skipped_total = int(state.total_skips)
+    last_loss = None
     try:
         while step < loop.steps:
             try:
@@ -250,7 +251,7 @@ def fit(
                 now = time.perf_counter()
                 steps_per_s = (step - s_last) / max(now - t_last, 1e-9)
                 t_last, s_last = now, step
-                value = float(metrics["loss"])
+                value = last_loss = float(metrics["loss"])
                 logger.log(step, {"loss": value, "grad_norm": float(metrics["grad_norm"]), "steps_per_s": steps_per_s})
                 bar.set_postfix(loss=f"{value:.4g}", bpd=f"{last_bpd:.3f}", it_s=f"{steps_per_s:.1f}")
             if test_data is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
@@ -272,7 +273,7 @@ def fit(
         summary = {
             "steps": step,
             "test_bpd": last_bpd,
-            "final_train_loss": float(metrics["loss"]) if step > (start_step or 0) else None,
+            "final_train_loss": last_loss,
             "nan_guard_skips": skipped_total,
             "train_seconds_this_session": train_seconds,
             "resumed_from": start_step,

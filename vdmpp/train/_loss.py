@@ -153,7 +153,7 @@ class GaussianLoss(AbstractLoss):
         return loss, WeightedLossAux(lam=lam, values=w * err)
 
     def bits_per_dim(self, model: Any, batch: Batch, *, key: PRNGKeyArray, sched_state: Any) -> Float[Array, " batch"]:
-        """The $-$ELBO in bits/dim (`vdmpp.losses.elbo_bpd`) with the model in inference mode.
+        r"""The $-$ELBO in bits/dim (`vdmpp.losses.elbo_bpd`) with the model in inference mode.
 
         The diffusion term is estimated with $\lambda$ uniform on the schedule's range (an unbiased estimate
         for any schedule, since the loss is invariant to it; THEORY §3).

@@ -72,7 +72,7 @@ class Sharding(eqx.Module):
             dims = sorted(range(len(shape)), key=lambda d: -shape[d])
             for d in dims:
                 if shape[d] % k == 0:
-                    spec = [None] * len(shape)
+                    spec: list[str | None] = [None] * len(shape)
                     spec[d] = "fsdp"
                     return NamedSharding(self.mesh, P(*spec))
         return NamedSharding(self.mesh, P())
