@@ -6,6 +6,7 @@ from . import (
     adaptive as adaptive,
     data as data,
     losses as losses,
+    masked as masked,
     nn as nn,
     oracle as oracle,
     process as process,

@@ -35,14 +35,18 @@ the nearest end bin.
 """
 
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 
-from ._types import Array, Float, FloatLike
+from ._types import Array, ArrayLike, Float, FloatLike, PRNGKeyArray
+from .losses import AbstractTimeSampler, LowDiscrepancy, weighted_loss
 from .schedules import AbstractSchedule
+from .weighting import AbstractWeighting
 
 
 class AdaptiveState(eqx.Module):
@@ -159,8 +163,10 @@ class AdaptiveSchedule(eqx.Module):
         init_value: float = 1.0,
         floor: float = 1e-3,
     ):
-        if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
-            raise ValueError(f"`num_bins` of AdaptiveSchedule must be an integer >= 1; got {num_bins!r}.")
+        if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)):
+            raise TypeError(f"`num_bins` of AdaptiveSchedule must be an integer (e.g. 100); got {num_bins!r}.")
+        if num_bins < 1:
+            raise ValueError(f"`num_bins` of AdaptiveSchedule must be >= 1 (e.g. 100); got {num_bins!r}.")
         for arg, value in (("lam_min", lam_min), ("lam_max", lam_max), ("decay", decay), ("init_value", init_value)):
             if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
                 raise TypeError(f"`{arg}` of AdaptiveSchedule must be a Python number; got {value!r}.")
@@ -246,8 +252,8 @@ class AdaptiveSchedule(eqx.Module):
     def update(
         self,
         state: AdaptiveState,
-        lam: Float[Array, " batch"],
-        values: Float[Array, " batch"],
+        lam: Float[ArrayLike, " batch"],
+        values: Float[ArrayLike, " n"],
         *,
         axis_name=None,
     ) -> AdaptiveState:
@@ -276,9 +282,11 @@ class AdaptiveSchedule(eqx.Module):
         dtype = state.ema.dtype
         values = values.astype(dtype)
         valid = jnp.isfinite(values) & (values >= 0) & jnp.isfinite(lam)
-        bins = self.bin_index(lam)
-        sums = jax.ops.segment_sum(jnp.where(valid, values, 0.0), bins, num_segments=self.num_bins)
-        counts = jax.ops.segment_sum(valid.astype(dtype), bins, num_segments=self.num_bins)
+        # per-bin sums and counts as a reduction over the batch axis of a (batch, num_bins) one-hot
+        # (not a scatter): a plain reduction partitions cleanly when the batch is sharded under jit.
+        onehot = (self.bin_index(lam)[:, None] == jnp.arange(self.num_bins)[None, :]) & valid[:, None]
+        sums = jnp.sum(jnp.where(onehot, values[:, None], 0.0), axis=0)
+        counts = jnp.sum(onehot.astype(dtype), axis=0)
         if axis_name is not None:
             sums, counts = jax.lax.psum((sums, counts), axis_name)
         hit = counts > 0
@@ -286,3 +294,61 @@ class AdaptiveSchedule(eqx.Module):
         keep = jnp.power(jnp.asarray(self.decay, dtype), counts)
         new = jnp.where(hit, keep * state.ema + (1.0 - keep) * mean, state.ema)
         return AdaptiveState(ema=new)
+
+
+@eqx.filter_jit
+def calibrate(
+    schedule: AdaptiveSchedule,
+    state: AdaptiveState,
+    denoiser: Callable,
+    data: Float[Array, " num_data *example"],
+    *,
+    weighting: AbstractWeighting,
+    key: PRNGKeyArray,
+    num_steps: int,
+    batch_size: int,
+    time_sampler: AbstractTimeSampler = LowDiscrepancy(),
+) -> AdaptiveState:
+    r"""Run `num_steps` updates of the adaptive schedule for a fixed denoiser (no training), jitted.
+
+    Each step draws `batch_size` rows of `data` uniformly, evaluates `weighted_loss` with the schedule
+    bound to the current state (so $\lambda$ is drawn from the current $p(\lambda)$), and feeds
+    `aux.lam`, `aux.values` to `update`: the loop a training step runs, with the model frozen. With the
+    Bayes-optimal denoiser (`vdmpp.oracle.EmpiricalDenoiser`) it converges to
+    $p(\lambda) \propto w(\lambda) E\|\epsilon - \hat\epsilon^*\|^2$ bin by bin. Call it repeatedly to continue
+    from the returned state (e.g. in chunks under a progress bar).
+
+    Args:
+        schedule: the adaptive schedule (configuration).
+        state: the state to start from (e.g. `schedule.init()`).
+        denoiser: `(z, lam) -> eps_hat` on one example.
+        data: the data set, shape `(N, *data)`, in model space.
+        weighting: $w(\lambda)$.
+        key: PRNG key.
+        num_steps: number of update steps.
+        batch_size: examples per step.
+        time_sampler: how the batch's times are drawn (low-discrepancy by default).
+
+    Returns:
+        The state after `num_steps` updates.
+    """
+    for arg, value in (("num_steps", num_steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{arg}` must be a positive integer; got {value!r}.")
+
+    def step(state, k):
+        ikey, lkey = jr.split(k)
+        x = data[jr.randint(ikey, (batch_size,), 0, data.shape[0])]
+        _, aux = weighted_loss(
+            denoiser,
+            x,
+            key=lkey,
+            schedule=schedule.bind(state),
+            weighting=weighting,
+            time_sampler=time_sampler,
+            return_aux=True,
+        )
+        return schedule.update(state, aux.lam, aux.values), None
+
+    state, _ = jax.lax.scan(step, state, jr.split(key, num_steps))
+    return state

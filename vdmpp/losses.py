@@ -363,3 +363,10 @@ def elbo_bpd(
     terms = elbo_terms(denoiser, x_uint8, key=key, schedule=schedule, num_levels=num_levels, time_sampler=time_sampler)
     dims = math.prod(jnp.shape(x_uint8)[1:])
     return terms.total / (dims * math.log(2.0))
+
+
+from ._cascade_gaussian import (  # noqa: E402, E501
+    CascadeTerms as CascadeTerms,
+    gaussian_cascade as gaussian_cascade,
+    gaussian_cascade_terms_at as gaussian_cascade_terms_at,
+)

@@ -1,0 +1,187 @@
+r"""Reweighted masked-diffusion losses (Shi & Titsias 2025; THEORY §8).
+
+$L^{\tilde w}(x) = -\int_0^1 \tilde w(t)\,\frac{\alpha'_t}{1-\alpha_t}\,E_q\Big[\sum_{masked}\log\mu_\theta\Big]dt.$
+Weightings are matched in log-SNR space, $\tilde w(t) = w(\lambda_t)$ with $\lambda = \log(\alpha/(1-\alpha))$,
+reusing `vdmpp.weighting` (ELBO, IDDPM, Sigmoid(k), FlowMatching, EDM, ...), so the loss does not depend
+on the masking schedule. `Simple()` is MaskGIT/MAR's constant cross-entropy weight.
+
+Since $\frac{-\alpha'_t}{1-\alpha_t}dt = \alpha_\lambda\,d\lambda$ with $\alpha_\lambda = \mathrm{sigmoid}(\lambda)$,
+the same loss in importance form is $E_{\lambda \sim p}\big[\tfrac{w(\lambda)\alpha_\lambda}{p(\lambda)}
+\sum_{masked} -\log\mu_\theta(z_\lambda)\big]$ for any density $p$ over $\lambda$ with `lam(t)` and
+`density(lam)` (the adaptive schedule, a Gaussian schedule from `vdmpp.schedules`, or a masking schedule).
+"""
+
+import functools as ft
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Bool
+
+from .._types import Array, Float, FloatLike, Int, PRNGKeyArray
+from ..losses import AbstractTimeSampler, LowDiscrepancy, WeightedLossAux
+from ..weighting import AbstractWeighting
+from ._elbo import infer_vocab_size, masked_cross_entropy
+from ._process import check_mask_id, check_tokens, checked_alpha, sample_mask
+from ._schedules import AbstractMaskingSchedule
+
+
+class Simple(eqx.Module):
+    r"""MaskGIT/MAR's "simple" weighting: $\tilde w(t) = (1-\alpha_t)/(-\alpha'_t)$.
+
+    Times the ELBO weight $-\alpha'_t/(1-\alpha_t)$ it is exactly 1: a constant weight on the
+    cross-entropy of every masked token. (The slides print $(1-\alpha_t)/\alpha'_t$; the sign makes it
+    positive.) Unlike the $\lambda$-space weightings it depends on the masking schedule.
+    """
+
+    def tilde_weight(self, schedule: AbstractMaskingSchedule, t: FloatLike) -> Float[Array, "*shape"]:
+        r"""$\tilde w(t) = (1-\alpha_t)/(-\alpha'_t)$."""
+        return schedule.one_minus_alpha(t) / -schedule.dalpha(t)
+
+    def lam_weight(self, schedule: AbstractMaskingSchedule, lam: FloatLike) -> Float[Array, "*shape"]:
+        r"""The same weight as a function of $\lambda$: $w(\lambda) = p_{schedule}(\lambda)/\alpha_\lambda$."""
+        lam = jnp.asarray(lam)
+        return schedule.density(lam) / jax.nn.sigmoid(lam)
+
+
+def tilde_weight(
+    weighting: AbstractWeighting | Simple, schedule: AbstractMaskingSchedule, t: FloatLike
+) -> Float[Array, "*shape"]:
+    r"""$\tilde w(t)$: $w(\lambda_t)$ for a $\lambda$-space weighting, or `Simple`'s $(1-\alpha)/(-\alpha')$."""
+    if isinstance(weighting, Simple):
+        return weighting.tilde_weight(schedule, t)
+    if isinstance(weighting, AbstractWeighting):
+        return weighting(schedule.lam(t))
+    raise TypeError(
+        f"`weighting` must be a vdmpp.weighting.AbstractWeighting or vdmpp.masked.Simple(); got {type(weighting)}."
+    )
+
+
+def _lam_weight(weighting, schedule: AbstractMaskingSchedule, lam: Array) -> Array:
+    if isinstance(weighting, Simple):
+        return weighting.lam_weight(schedule, lam)
+    if isinstance(weighting, AbstractWeighting):
+        return weighting(lam)
+    raise TypeError(
+        f"`weighting` must be a vdmpp.weighting.AbstractWeighting or vdmpp.masked.Simple(); got {type(weighting)}."
+    )
+
+
+def _check_importance(importance) -> None:
+    for attr in ("lam", "density"):
+        if not callable(getattr(importance, attr, None)):
+            raise TypeError(
+                "`importance` must provide `lam(t)` and `density(lam)` (e.g. `AdaptiveSchedule.bind(state)`, a "
+                f"vdmpp.schedules schedule or a masking schedule); got {type(importance).__name__}."
+            )
+
+
+def reweighted_loss_at(
+    denoiser: Callable,
+    tokens: Int[Array, "batch *shape"],
+    t: Float[Array, " batch"],
+    mask: Bool[Array, "batch *shape"],
+    *,
+    schedule: AbstractMaskingSchedule,
+    weighting: AbstractWeighting | Simple,
+    mask_id: int,
+    importance: Any = None,
+    return_aux: bool = False,
+) -> Float[Array, " batch"] | tuple[Float[Array, " batch"], WeightedLossAux]:
+    r"""The reweighted loss's integrand at given times and masks, per example (deterministic core).
+
+    Without `importance`: $\tilde w(t)\,\frac{-\alpha'_t}{1-\alpha_t}\sum_{masked}-\log\mu_\theta$, masks drawn
+    with $\alpha_t$ of `schedule`. With `importance` (an object with `lam(t)`, `density(lam)`):
+    $\lambda = $ `importance.lam(t)`, masks drawn with $\alpha = \mathrm{sigmoid}(\lambda)$, and the integrand is
+    $\frac{w(\lambda)\,\alpha_\lambda}{p(\lambda)}\sum_{masked}-\log\mu_\theta$.
+
+    Returns:
+        Per-example values, and with `return_aux=True` also `WeightedLossAux(lam, values)` where
+        `values` $= w(\lambda)\,\alpha_\lambda\sum_{masked}-\log\mu_\theta$ (no importance weight) — what
+        `AdaptiveSchedule.update` expects.
+    """
+    mask_id = check_mask_id(mask_id)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim < 2:
+        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
+    vocab = infer_vocab_size(denoiser, tokens[0])
+    tokens = check_tokens(tokens, mask_id=mask_id, vocab_size=vocab)
+    t = jnp.asarray(t)
+    if t.shape != tokens.shape[:1]:
+        raise ValueError(f"`t` must have shape {tokens.shape[:1]} (one time per example); got {t.shape}.")
+    if mask.shape != tokens.shape:
+        raise ValueError(f"`mask` must have the shape of `tokens`, {tokens.shape}; got {mask.shape}.")
+    if importance is None:
+        lam = schedule.lam(t)
+        alpha = checked_alpha(schedule.alpha(t))
+        w_lam = _lam_weight(weighting, schedule, lam)
+        coeff = tilde_weight(weighting, schedule, t) * schedule.elbo_weight(t)
+    else:
+        _check_importance(importance)
+        lam = importance.lam(t)
+        alpha = jax.nn.sigmoid(lam)
+        w_lam = _lam_weight(weighting, schedule, lam)
+        coeff = w_lam * alpha / importance.density(lam)
+    ce = jax.vmap(ft.partial(masked_cross_entropy, denoiser, mask_id=mask_id))(tokens, mask, lam)
+    loss = coeff * ce
+    if return_aux:
+        return loss, WeightedLossAux(lam=lam, values=w_lam * alpha * ce)
+    return loss
+
+
+def reweighted_loss(
+    denoiser: Callable,
+    tokens: Int[Array, "batch *shape"],
+    *,
+    key: PRNGKeyArray,
+    schedule: AbstractMaskingSchedule,
+    weighting: AbstractWeighting | Simple,
+    mask_id: int,
+    importance: Any = None,
+    time_sampler: AbstractTimeSampler = LowDiscrepancy(),
+    return_aux: bool = False,
+) -> Float[Array, " batch"] | tuple[Float[Array, " batch"], WeightedLossAux]:
+    r"""One-sample estimate of the S&T reweighted loss $L^{\tilde w}(x)$ per example, in nats.
+
+    $L^{\tilde w}(x) = -\int_0^1 \tilde w(t)\frac{\alpha'_t}{1-\alpha_t}E_q[\sum_{masked}\log\mu_\theta]dt$ with
+    $\tilde w(t) = w(\lambda_t)$, $\lambda = \log(\alpha/(1-\alpha))$. `weighting=vdmpp.weighting.ELBO()` gives
+    the diffusion part of the $-$ELBO.
+
+    Args:
+        denoiser: `(z, lam) -> logits (*shape, V)` on one example.
+        tokens: clean ids `(batch, *shape)`.
+        key: PRNG key.
+        schedule: the masking schedule (the time sampler's map to $\alpha$ when `importance` is None).
+        weighting: a `vdmpp.weighting` object or `vdmpp.masked.Simple()`.
+        mask_id: the mask token's id.
+        importance: optional density over $\lambda$ with `lam(t)` and `density(lam)`, e.g.
+            `AdaptiveSchedule(...).bind(state)`; then $\lambda$ is drawn from it and importance weighted.
+        time_sampler: `LowDiscrepancy()` (default), `Stratified()` or `IID()`.
+        return_aux: also return `WeightedLossAux(lam, values)` for the adaptive schedule's update.
+    """
+    mask_id = check_mask_id(mask_id)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim < 2:
+        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
+    tkey, mkey = jr.split(key)
+    t = time_sampler(tkey, tokens.shape[0], jnp.float32)
+    if importance is None:
+        alpha = schedule.alpha(t)
+    else:
+        _check_importance(importance)
+        alpha = jax.nn.sigmoid(importance.lam(t))
+    mask = sample_mask(mkey, tokens.shape, alpha)
+    return reweighted_loss_at(
+        denoiser,
+        tokens,
+        t,
+        mask,
+        schedule=schedule,
+        weighting=weighting,
+        mask_id=mask_id,
+        importance=importance,
+        return_aux=return_aux,
+    )
