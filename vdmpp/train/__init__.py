@@ -8,6 +8,7 @@ from ._loop import (
     NonFiniteLossError as NonFiniteLossError,
 )
 from ._loss import AbstractLoss as AbstractLoss, GaussianLoss as GaussianLoss
+from ._masked_loss import MaskedLoss as MaskedLoss
 from ._metrics import (
     atomic_write_bytes as atomic_write_bytes,
     atomic_write_json as atomic_write_json,

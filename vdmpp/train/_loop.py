@@ -15,9 +15,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ..weighting import AbstractWeighting
 from ._checkpoint import Checkpointer
 from ._loss import AbstractLoss, GaussianLoss
-from ._metrics import atomic_write_json, image_grid, MetricsLogger, save_figure, save_png
+from ._masked_loss import MaskedLoss
+from ._metrics import atomic_write_bytes, atomic_write_json, image_grid, MetricsLogger, save_figure, save_png
 from ._sharding import make_mesh, Sharding
 from ._state import init_train_state, train_step, TrainState
 
@@ -124,14 +126,19 @@ def _plots(workdir: pathlib.Path, logger: MetricsLogger, loss: AbstractLoss, sch
         ax.set(xlabel="step", ylabel="test bits/dim (EMA, -ELBO)", title="test bits/dim")
         save_figure(fig, workdir / "bpd_curve.png")
         written.append("bpd_curve.png")
+    sched, weighting = None, None
     if isinstance(loss, GaussianLoss) and sched_state is not None:
-        sched = loss.schedule_at(sched_state)
+        sched, weighting = loss.schedule_at(sched_state), loss.weighting
+    elif isinstance(loss, MaskedLoss) and loss.importance is not None:
+        sched, weighting = loss.importance.bind(sched_state), loss.weighting
+    if sched is not None:
         lam = np.linspace(float(sched.lam_min), float(sched.lam_max), 801)
         dens = np.asarray(jax.vmap(sched.density)(jnp.asarray(lam, jnp.float32)))
-        w = np.asarray(jax.vmap(loss.weighting)(jnp.asarray(lam, jnp.float32)))
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.plot(lam, dens, label="learned p(λ)")
-        ax.plot(lam, w / np.trapezoid(w, lam), "--", label="w(λ) (normalised)")
+        if isinstance(weighting, AbstractWeighting):
+            w = np.asarray(jax.vmap(weighting)(jnp.asarray(lam, jnp.float32)))
+            ax.plot(lam, w / np.trapezoid(w, lam), "--", label="w(λ) (normalised)")
         ax.set(xlabel="λ (log-SNR)", ylabel="density", title="adaptive noise schedule")
         ax.legend()
         save_figure(fig, workdir / "p_lambda.png")
@@ -171,7 +178,8 @@ def fit(
         resume: continue from the latest checkpoint in `workdir/checkpoints` (bit for bit).
         test_data: integer test set for the periodic bits/dim (EMA model); `None` to skip.
         num_levels: levels of the data (for the PNG grid).
-        sampler: `(ema_model, sched_state, key) -> integer images (n, H, W, C)` for sample grids.
+        sampler: `(ema_model, sched_state, key) -> integer images (n, H, W, C)` for PNG sample grids, or a
+            `str` (e.g. decoded text) written to `samples*.txt`.
         compare_keys: config entries that must match the checkpoint's on resume.
         sharding: device layout (default: data parallel over all devices).
 
@@ -268,8 +276,7 @@ def fit(
             last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop)
             logger.log(step, {"test_bpd": last_bpd}, kind="eval")
         if sampler is not None:
-            _write_samples(workdir / "samples.png", state, sampler, key, step, num_levels, is_main)
-            files.append("samples.png")
+            files.append(_write_samples(workdir / "samples.png", state, sampler, key, step, num_levels, is_main))
         summary = {
             "steps": step,
             "test_bpd": last_bpd,
@@ -306,8 +313,15 @@ def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop:
     )
 
 
-def _write_samples(path, state: TrainState, sampler, key, step: int, num_levels, is_main: bool) -> None:
-    images = np.asarray(sampler(state.ema_model(), state.sched_state, jr.fold_in(jr.fold_in(key, 2_000_003), step)))
+def _write_samples(path: pathlib.Path, state: TrainState, sampler, key, step: int, num_levels, is_main: bool) -> str:
+    out = sampler(state.ema_model(), state.sched_state, jr.fold_in(jr.fold_in(key, 2_000_003), step))
+    if isinstance(out, str):  # text samples
+        path = path.with_suffix(".txt")
+        if is_main:
+            atomic_write_bytes(path, out.encode())
+        return path.name
+    images = np.asarray(out)
     if is_main:
         levels = num_levels or int(images.max()) + 1
         save_png(image_grid(images, levels), path)
+    return path.name
