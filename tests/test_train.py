@@ -80,6 +80,71 @@ def test_optimizer_bad_input():
         vd.train.make_optimizer(1e-3, -1, 10)
 
 
+class TinyTokenModel(eqx.Module):
+    """Logits over V tokens from a token embedding (+ lambda); one example."""
+
+    emb: eqx.nn.Embedding
+    out: eqx.nn.Linear
+    vocab: int = eqx.field(static=True)
+
+    def __init__(self, vocab, dim, *, key):
+        k1, k2 = jr.split(key)
+        self.emb, self.out, self.vocab = (
+            eqx.nn.Embedding(vocab + 1, dim, key=k1),
+            eqx.nn.Linear(dim, vocab, key=k2),
+            vocab,
+        )
+
+    def __call__(self, z, lam, *, key=None, inference=False):
+        h = jax.vmap(self.emb)(z.reshape(-1)) + lam / 10.0
+        return jax.vmap(self.out)(h).reshape(z.shape + (self.vocab,))
+
+
+def test_masked_loss_is_the_reweighted_loss_and_trains_with_adaptive_importance(getkey):
+    model = TinyTokenModel(17, 8, key=getkey())
+    sched = vd.masked.LinearSchedule()
+    loss = vd.train.MaskedLoss(sched, vd.weighting.Sigmoid(1.0), mask_id=17)
+    tokens = jnp.asarray(fake_data(8))
+    key = getkey()
+    per_example, aux = loss(model, {"x": tokens}, key=key, sched_state=None)
+    lkey, _ = jr.split(key)
+    den = lambda z, lam: model(z, lam, inference=True)
+    expected, exp_aux = vd.masked.reweighted_loss(
+        den,
+        tokens.astype(jnp.int32),
+        key=lkey,
+        schedule=sched,
+        weighting=vd.weighting.Sigmoid(1.0),
+        mask_id=17,
+        return_aux=True,
+    )
+    assert tree_allclose(per_example, expected, rtol=1e-5) and tree_allclose(aux.values, exp_aux.values, rtol=1e-5)
+    # the same train step runs the masked loss with a learned importance schedule
+    adaptive = vd.train.MaskedLoss(
+        sched, vd.weighting.ELBO(), mask_id=17, importance=vd.adaptive.AdaptiveSchedule(-12.0, 12.0)
+    )
+    opt = vd.train.make_optimizer(1e-2, 0, 10)
+    state = vd.train.init_train_state(model, opt, adaptive, key=getkey())
+    new, m = vd.train.train_step(state, {"x": tokens}, loss=adaptive, optimizer=opt, ema_decay=0.9)
+    assert int(m["skipped"]) == 0 and int(new.step) == 1
+    assert not np.array_equal(np.asarray(new.sched_state.ema), np.asarray(state.sched_state.ema))
+
+
+def test_gaussian_loss_adaptive_schedule_update_in_step(getkey):
+    a = vd.adaptive.AdaptiveSchedule(-10.0, 10.0, num_bins=20, decay=0.9)
+    loss = vd.train.GaussianLoss(vd.weighting.Sigmoid(2.0), a, num_levels=17)
+    model = TinyDenoiser(16, 8, key=getkey())
+    opt = vd.train.make_optimizer(1e-2, 0, 10)
+    state = vd.train.init_train_state(model, opt, loss, key=getkey())
+    batch = {"x": jnp.asarray(fake_data(16))}
+    new, _ = vd.train.train_step(state, batch, loss=loss, optimizer=opt, ema_decay=0.9)
+    # independently: the loss's aux at the step's key, fed to AdaptiveSchedule.update
+    key = jr.fold_in(jr.fold_in(state.key, state.step), state.total_skips)
+    _, aux = loss(model, batch, key=key, sched_state=state.sched_state)
+    expected = a.update(state.sched_state, aux.lam, aux.values)
+    assert tree_allclose(new.sched_state.ema, expected.ema, rtol=1e-5)
+
+
 # --- the step: compiles once, EMA, accumulation, NaN guard -----------------------------------
 
 
