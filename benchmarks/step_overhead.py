@@ -20,8 +20,27 @@ import jax.random as jr
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
 import vdmpp as vd  # noqa: E402
-from benchmarks._common import batch, demo_setup  # noqa: E402
+
+
+def demo_setup(width: int = 256, depth: int = 3):
+    """Model (MLP over flattened 8x8x1), adaptive+Sigmoid(2) loss and Adam, as in `make demo`."""
+    import experiments.train_gaussian as tg
+
+    cfg = tg.Config(workdir="unused", width=width, depth=depth, lam_max=6.0)
+    data = vd.data.Dataset(
+        train=np.zeros((1, 8, 8, 1), np.uint8), test=np.zeros((1, 8, 8, 1), np.uint8), num_levels=17, kind="image"
+    )
+    model = tg.build_model(cfg, data, jr.key(0))
+    loss = vd.train.GaussianLoss(tg.build_weighting(cfg), tg.build_schedule(cfg), num_levels=17)
+    optimizer = vd.train.make_optimizer(1e-3, 10, 10_000)
+    return model, loss, optimizer
+
+
+def batch(n: int, seed: int = 0) -> np.ndarray:
+    """A digits-shaped uint8 batch."""
+    return np.random.default_rng(seed).integers(0, 17, (n, 8, 8, 1)).astype(np.uint8)
 
 
 @eqx.filter_jit

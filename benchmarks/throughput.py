@@ -29,7 +29,7 @@ def worker(batch_size: int, steps: int) -> dict:
 
     sys.path.insert(0, str(ROOT))
     import vdmpp as vd
-    from benchmarks._common import batch, demo_setup
+    from benchmarks.step_overhead import batch, demo_setup
 
     t_import = time.perf_counter() - T0
     model, loss, optimizer = demo_setup()

@@ -369,6 +369,7 @@ def test_resume_after_sigkill(tmp_path):
     )
     _compare_runs(tmp_path / "a", tmp_path / "b", model, loss, opt)
     assert not list((tmp_path / "b").rglob("*.tmp")), "half-written files left behind"
+    assert not [p for p in (tmp_path / "b" / "checkpoints").iterdir() if "tmp" in p.name], "unfinished checkpoint left"
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["resumed_from"] == 3
 
 
