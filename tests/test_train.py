@@ -501,3 +501,28 @@ def test_experiment_end_to_end_writes_outputs(tmp_path):
     assert np.isfinite(summary["test_bpd"])
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 40]
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_masked_experiment_end_to_end(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import experiments.train_masked as tm
+
+    cfg = tm.Config(
+        workdir=str(tmp_path),
+        steps=20,
+        checkpoint_every=10,
+        eval_every=10,
+        dim=16,
+        depth=1,
+        num_heads=2,
+        batch_size=16,
+        num_samples=4,
+        sample_steps=4,
+        importance="adaptive",
+        progress=False,
+    )
+    summary = tm.main(cfg)
+    assert np.isfinite(summary["test_bpd"])
+    for name in ("summary.json", "samples.png", "p_lambda.png", "loss_curve.png"):
+        assert (tmp_path / name).is_file(), name
