@@ -145,23 +145,26 @@ def _write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_from_idx_files(tmp_path):
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
+def test_idx_files(tmp_path, name):
     rng = np.random.default_rng(0)
     tr, te = rng.integers(0, 256, (5, 28, 28)), rng.integers(0, 256, (3, 28, 28))
     _write_idx(tmp_path / "train-images-idx3-ubyte.gz", tr)
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(5))
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", te)
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([7, 8, 9]))
-    d = vd.data.load("fashion_mnist", root=tmp_path)
+    d = vd.data.load(name, root=tmp_path)
     np.testing.assert_array_equal(d.train[..., 0], tr)
     np.testing.assert_array_equal(d.test[..., 0], te)
     np.testing.assert_array_equal(d.test_labels, [7, 8, 9])
-    assert d.train.dtype == np.uint8 and d.num_levels == 256
+    assert d.train.dtype == np.uint8 and d.num_levels == 256 and d.name == name
 
 
-def test_fashion_mnist_missing_says_how_to_install(tmp_path):
+def test_idx_missing_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         vd.data.load("fashion_mnist", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="MNIST IDX files not found.*bundled 5000-image subset"):
+        vd.data.load("mnist", root=tmp_path)
 
 
 def test_missing_path_and_unknown_name(tmp_path):
@@ -282,3 +285,33 @@ def test_toy(name):
     if name == "toy:checkerboard":
         u = d.train * 1.0
         assert np.all((np.floor(u[:, 0]) + np.floor(u[:, 1])) % 2 == 0)  # only the "black" squares
+
+
+def test_pipeline_state_is_json_and_restores_after_roundtrip():
+    import json
+
+    x = np.arange(30, dtype=np.uint8)[:, None]
+    it = iter(vd.data.pipeline(x, batch_size=7, seed=2))
+    _take(it, 9)  # 63 examples: inside the third epoch
+    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+    expected = _take(it, 6)
+    fresh = iter(vd.data.pipeline(x, batch_size=7, seed=2))
+    fresh.set_state(state)
+    assert _batches_equal(_take(fresh, 6), expected)
+
+
+def test_text_unicode_and_bad_arguments(tmp_path):
+    (tmp_path / "u.txt").write_text("żółw ćma " * 4, encoding="utf-8")
+    d = vd.data.load(tmp_path / "u.txt", seq_len=4)
+    assert "ż" in d.vocab and d.num_levels == len(set("żółw ćma "))
+    seqs = np.concatenate([d.train, d.test])
+    assert "".join(d.vocab[i] for i in seqs.ravel()) == ("żółw ćma " * 4)[: seqs.size]
+    with pytest.raises(ValueError, match="character 'ż' at position 0"):
+        vd.data.load(tmp_path / "u.txt", alphabet="abc ", seq_len=4)
+    with pytest.raises(ValueError, match="repeated"):
+        vd.data.load(tmp_path / "u.txt", alphabet="aa", seq_len=4)
+    (tmp_path / "e.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        vd.data.load(tmp_path / "e.txt")
+    with pytest.raises(ValueError, match="too few for two sequences"):
+        vd.data.load(tmp_path / "u.txt", seq_len=1000)

@@ -267,3 +267,18 @@ def test_mlp_trains_with_weighted_loss_on_toy_pipeline():
     best = float(eqx.filter_jit(mean_loss)(vd.oracle.EmpiricalDenoiser(batch), eval_key))
     assert best < first  # sanity: the oracle beats the zero-output network
     assert np.isfinite(last) and first - last > 0.2 * (first - best), (first, last, best)
+
+
+def test_as_denoiser_dropout_key_differs_per_example(mlp, getkey):
+    model = _perturb(mlp, getkey())
+    z = jr.normal(getkey(), (3,))
+    zs = jnp.stack([z, z, z + 1e-3])
+    lams = jnp.array([0.0, 0.0, 0.0])
+    k = getkey()
+    den = vd.nn.as_denoiser(model, inference=False, key=k)
+    out = np.asarray(eqx.filter_jit(lambda d, z_, l_: jax.vmap(d)(z_, l_))(den, zs, lams))
+    np.testing.assert_array_equal(out[0], out[1])  # same example, same key: same mask (deterministic)
+    # a tiny change of the input changes the mask, so the output jumps by much more than the input change
+    assert np.abs(out[2] - out[0]).max() > 1e-2
+    ref = np.asarray(model(z, 0.0, inference=True))
+    assert not np.allclose(out[0], ref)  # dropout is on

