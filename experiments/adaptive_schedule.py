@@ -52,13 +52,15 @@ class Config:
     num_bins: int = 100
     decay: float = 0.99
     """EMA decay per hit (the paper's 0.999 needs ~10x more hits per bin to converge)."""
-    num_steps: int = 3000
+    num_steps: int = 2000
     batch_size: int = 512
     chunks: int = 30
     """Progress-bar chunks (each a jitted scan of num_steps/chunks updates)."""
-    reference_samples: int = 256
+    reference_samples: int = 1024
     """Monte Carlo samples per bin for the independent target estimate."""
     weightings: tuple[WeightingName, ...] = ("sigmoid2", "elbo", "edm_monotonic")
+    with_moment2: bool = True
+    """Also learn the variance-optimal `moment=2` schedule (p ∝ sqrt(E[v²]) per bin)."""
     seed: int = 0
 
 
@@ -81,7 +83,7 @@ def load_data(num_points: int, seed: int) -> jax.Array:
 
 @eqx.filter_jit
 def bin_average_target(denoiser, data, weighting, edges, key, samples: int):
-    """Per bin, the average of w(λ)‖ε − ε̂*(z_λ)‖² over λ uniform in the bin, x uniform on the data, ε ~ N(0, I)."""
+    """Per bin: mean, its s.e., and mean square of v = w(λ)‖ε − ε̂*‖², λ ~ U(bin), x ~ U(data), ε ~ N(0, I)."""
 
     def one_bin(args):
         lo, hi, k = args
@@ -93,7 +95,7 @@ def bin_average_target(denoiser, data, weighting, edges, key, samples: int):
         z = alpha[:, None] * x + sigma[:, None] * eps
         err = jnp.sum((eps - jax.vmap(denoiser)(z, lam)) ** 2, axis=-1)
         v = weighting(lam) * err
-        return jnp.mean(v), jnp.std(v) / math.sqrt(samples)
+        return jnp.mean(v), jnp.std(v) / math.sqrt(samples), jnp.mean(v**2)
 
     keys = jr.split(key, edges.shape[0] - 1)
     return jax.lax.map(one_bin, (edges[:-1], edges[1:], keys))
@@ -111,6 +113,9 @@ def write_atomic(path: pathlib.Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the result the usual permissions
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -125,6 +130,7 @@ def main(cfg: Config) -> dict:
     data = load_data(cfg.num_points, cfg.seed)
     denoiser = vd.oracle.EmpiricalDenoiser(data)
     a = vd.adaptive.AdaptiveSchedule(cfg.lam_min, cfg.lam_max, num_bins=cfg.num_bins, decay=cfg.decay)
+    a2 = vd.adaptive.AdaptiveSchedule(cfg.lam_min, cfg.lam_max, num_bins=cfg.num_bins, decay=cfg.decay, moment=2)
     edges = a.bin_edges()
     mids = 0.5 * (edges[1:] + edges[:-1])
     width = (cfg.lam_max - cfg.lam_min) / cfg.num_bins
@@ -137,22 +143,27 @@ def main(cfg: Config) -> dict:
     for name in cfg.weightings:
         w = build_weighting(name)
         fit_key, ref_key = jr.split(jr.fold_in(key, len(results)))
-        state = a.init()
-        for i in tqdm.tqdm(range(cfg.chunks), desc=f"adapting ({name})"):
-            state = vd.adaptive.calibrate(
-                a,
-                state,
-                denoiser,
-                data,
-                weighting=w,
-                key=jr.fold_in(fit_key, i),
-                num_steps=steps_per_chunk,
-                batch_size=cfg.batch_size,
-            )
-        target, target_se = bin_average_target(
+        states = {}
+        for sched in (a, a2) if cfg.with_moment2 else (a,):
+            state = sched.init()
+            for i in tqdm.tqdm(range(cfg.chunks), desc=f"adapting ({name}, moment={sched.moment})"):
+                state = vd.adaptive.calibrate(
+                    sched,
+                    state,
+                    denoiser,
+                    data,
+                    weighting=w,
+                    key=jr.fold_in(fit_key, 1000 * sched.moment + i),
+                    num_steps=steps_per_chunk,
+                    batch_size=cfg.batch_size,
+                )
+            states[sched.moment] = state
+        state = states[1]
+        target, target_se, second = bin_average_target(
             denoiser, data, w, jnp.asarray(edges, jnp.float32), ref_key, cfg.reference_samples
         )
         target, target_se = np.asarray(target, np.float64), np.asarray(target_se, np.float64)
+        root2 = np.sqrt(np.asarray(second, np.float64))
         p = np.asarray(a.density(state, jnp.asarray(mids, jnp.float32)), np.float64)
         flat = target / p  # (w/p) E||eps - eps*||^2, per bin
         # bins whose target is above the floor (where p can follow it); the rest sit at the floor
@@ -169,6 +180,15 @@ def main(cfg: Config) -> dict:
             active_bins=int(active.sum()),
             loss_integral=float(0.5 * target.sum() * width),
         )
+        if cfg.with_moment2:
+            p2 = np.asarray(a2.density(states[2], jnp.asarray(mids, jnp.float32)), np.float64)
+            flat2 = root2 / p2  # should be flat for moment=2
+            results[name].update(
+                density_moment2=p2.tolist(),
+                sqrt_second_moment_density=(root2 / (root2.sum() * width)).tolist(),
+                flatness2_rel_std_active_bins=float(flat2[active].std() / flat2[active].mean()),
+                flatness2_rel_std_p_weighted=weighted_rel_std(flat2, p2),
+            )
         print(
             f"{name}: (w/p)E||eps-eps*||^2 relative std over bins: {results[name]['flatness_rel_std_all_bins']:.3f} "
             f"(active bins: {results[name]['flatness_rel_std_active_bins']:.3f}, {int(active.sum())}/{cfg.num_bins}; "
@@ -181,6 +201,9 @@ def main(cfg: Config) -> dict:
         ax = axes[0, j]
         ax.stairs(r["density"], edges, label="adaptive p(λ) (learned)", color="C0", lw=2)
         ax.stairs(r["target_density"], edges, label="target w·E‖ε−ε̂*‖² (normalised)", color="k", ls="--")
+        if cfg.with_moment2:
+            ax.stairs(r["density_moment2"], edges, label="adaptive, moment=2", color="C3", lw=1.5)
+            ax.stairs(r["sqrt_second_moment_density"], edges, label="√E[v²] (normalised)", color="0.5", ls=":")
         ax.plot(grid, np.asarray(cosine.density(jnp.asarray(grid, jnp.float32))), label="cosine", color="C1")
         ax.plot(grid, np.asarray(edm.density(jnp.asarray(grid, jnp.float32))), label="EDM training", color="C2")
         ax.set_yscale("log")
@@ -191,11 +214,16 @@ def main(cfg: Config) -> dict:
         ax.legend(fontsize=8, loc="lower center")
         ax = axes[1, j]
         flat = np.asarray(r["target_density"]) / np.asarray(r["density"])
-        ax.stairs(flat / flat.mean(), edges, color="C0")
+        ax.stairs(flat / np.average(flat, weights=r["density"]), edges, color="C0", label="K&G: target / p")
+        if cfg.with_moment2:
+            flat2 = np.asarray(r["sqrt_second_moment_density"]) / np.asarray(r["density_moment2"])
+            flat2 = flat2 / np.average(flat2, weights=r["density_moment2"])
+            ax.stairs(flat2, edges, color="C3", label="moment=2: √E[v²] / p")
+            ax.legend(fontsize=8, loc="upper left")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_ylim(0.0, 2.0)
         ax.set_xlabel("log-SNR λ")
-        ax.set_ylabel("(w/p)·E‖ε−ε̂*‖² / mean")
+        ax.set_ylabel("(w/p)·E‖ε−ε̂*‖², relative to its p-mean")
         ax.set_title(
             f"rel. std: all bins {r['flatness_rel_std_all_bins']:.2f}, "
             f"active {r['flatness_rel_std_active_bins']:.2f}, p-weighted {r['flatness_rel_std_p_weighted']:.2f}",

@@ -21,14 +21,22 @@ schedule (losses, samplers) takes the adaptive one; `weighted_loss` then uses th
 $w(\lambda)/p(\lambda)$ (K&G eq. 7) and stays unbiased for any state.
 
 **Floor.** Before normalising, each bin's EMA is raised to at least `floor` times the mean EMA over
-bins (default `1e-3`): no bin's density falls below `floor` times the uniform density's share of the
-mean, so the inverse CDF stays strictly decreasing, the importance weights $w/p$ stay bounded and a
-bin whose EMA has decayed towards 0 can still be sampled (and so recover). If every EMA is 0 the
-density is uniform.
+bins (default `1e-3`). Every bin then has probability at least $\text{floor}/(K(1 + \text{floor}))$, i.e.
+its density is at least $\text{floor}/(1 + \text{floor})$ times the uniform density, so the inverse CDF
+stays strictly decreasing, the importance weights $w/p$ stay bounded, and a bin whose EMA has decayed
+towards 0 is still sampled now and then (and so can recover). If every EMA is 0 the density is uniform.
+
+**Moment.** With `moment=1` (default, K&G's rule) the EMA tracks $E[v \mid \text{bin}]$ and
+$p \propto$ EMA, which makes $(w/p)E\|\epsilon - \hat\epsilon\|^2$ flat across bins. That minimises the
+estimator's variance only when the relative spread of $v$ is the same in every bin. With `moment=2`
+the EMA tracks $E[v^2 \mid \text{bin}]$ and $p \propto \sqrt{\mathrm{EMA}}$: for a piecewise-constant density
+the variance of the importance-weighted estimate, $\sum_k h\,\overline{v^2}_k / (4 p_k) - L^2$, is minimised
+exactly by $p_k \propto \sqrt{\overline{v^2}_k}$ (Cauchy–Schwarz), which matters when $v$ is heavy-tailed in
+some bins (e.g. the Bayes-optimal denoiser of a small data set near posterior collapse).
 
 **Update rule** (count-aware EMA): a bin hit $n \ge 1$ times in a batch becomes
-$r^n\,\mathrm{old} + (1 - r^n)\,\bar v$, $\bar v$ the mean of its $n$ targets, $r$ the decay; bins not
-hit are unchanged. Targets that are not finite or negative (and $\lambda$'s that are not finite) are
+$r^n\,\mathrm{old} + (1 - r^n)\,\bar v$, $\bar v$ the mean of its $n$ targets ($v^{\text{moment}}$), $r$ the
+decay; bins not hit are unchanged. Targets that are not finite or negative (and $\lambda$'s that are not finite) are
 **ignored**: masked out of both the per-bin sums and the counts, so they can never poison the state
 with NaN. $\lambda$'s outside $[\lambda_{min}, \lambda_{max}]$ (rounding at the ends) count towards
 the nearest end bin.
@@ -53,7 +61,8 @@ class AdaptiveState(eqx.Module):
     """The adaptive schedule's statistics: one EMA per bin (a plain pytree of arrays; checkpoints with orbax).
 
     Attributes:
-        ema: per-bin EMA of $w(\\lambda)\\|\\epsilon - \\hat\\epsilon\\|^2$, bin 0 at $\\lambda_{min}$.
+        ema: per-bin EMA of $v = w(\\lambda)\\|\\epsilon - \\hat\\epsilon\\|^2$ (of $v^2$ when `moment=2`), bin 0 at
+            $\\lambda_{min}$.
     """
 
     ema: Float[Array, " num_bins"]
@@ -143,8 +152,9 @@ class AdaptiveSchedule(eqx.Module):
         num_bins: number of equal-width bins ($\ge 1$).
         decay: EMA decay $r \in (0, 1)$ per hit.
         init_value: initial EMA of every bin (finite, $> 0$); equal values give the linear-in-$\lambda$ schedule.
-        floor: each bin's EMA is raised to at least `floor` times the mean EMA before normalising
-            ($0 \le$ floor $< 1$; see the module docstring).
+        floor: each bin's $\mathrm{EMA}^{1/\text{moment}}$ is raised to at least `floor` times its mean over bins
+            before normalising ($0 \le$ floor $< 1$; see the module docstring).
+        moment: 1 (K&G: $p \propto E[v]$ per bin) or 2 (variance-optimal: $p \propto \sqrt{E[v^2]}$ per bin).
     """
 
     lam_min: float
@@ -153,6 +163,7 @@ class AdaptiveSchedule(eqx.Module):
     decay: float
     init_value: float
     floor: float
+    moment: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -162,6 +173,7 @@ class AdaptiveSchedule(eqx.Module):
         decay: float = 0.999,
         init_value: float = 1.0,
         floor: float = 1e-3,
+        moment: int = 1,
     ):
         if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)):
             raise TypeError(f"`num_bins` of AdaptiveSchedule must be an integer (e.g. 100); got {num_bins!r}.")
@@ -184,6 +196,9 @@ class AdaptiveSchedule(eqx.Module):
             raise ValueError(f"`init_value` of AdaptiveSchedule must be finite and positive; got {init_value}.")
         if not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
             raise ValueError(f"`floor` of AdaptiveSchedule must lie in [0, 1) (e.g. 1e-3); got {floor!r}.")
+        if isinstance(moment, bool) or moment not in (1, 2):
+            raise ValueError(f"`moment` of AdaptiveSchedule must be 1 (K&G) or 2 (variance-optimal); got {moment!r}.")
+        self.moment = int(moment)
         self.lam_min, self.lam_max = float(lam_min), float(lam_max)
         self.num_bins = int(num_bins)
         self.decay, self.init_value, self.floor = float(decay), float(init_value), float(floor)
@@ -217,7 +232,7 @@ class AdaptiveSchedule(eqx.Module):
     def masses(self, state: AdaptiveState) -> Float[Array, " num_bins"]:
         """Each bin's probability under `state`: the floored EMA, normalised (all positive, sum 1)."""
         self._check_state(state)
-        ema = state.ema
+        ema = state.ema if self.moment == 1 else jnp.sqrt(jnp.maximum(state.ema, 0.0))
         scale = jnp.mean(ema)
         p = jnp.maximum(ema, self.floor * scale)
         total = jnp.sum(p)
@@ -281,11 +296,12 @@ class AdaptiveSchedule(eqx.Module):
             )
         dtype = state.ema.dtype
         values = values.astype(dtype)
-        valid = jnp.isfinite(values) & (values >= 0) & jnp.isfinite(lam)
+        targets = values if self.moment == 1 else jnp.square(values)
+        valid = jnp.isfinite(targets) & (values >= 0) & jnp.isfinite(lam)  # (v^2 may overflow: ignored too)
         # per-bin sums and counts as a reduction over the batch axis of a (batch, num_bins) one-hot
         # (not a scatter): a plain reduction partitions cleanly when the batch is sharded under jit.
         onehot = (self.bin_index(lam)[:, None] == jnp.arange(self.num_bins)[None, :]) & valid[:, None]
-        sums = jnp.sum(jnp.where(onehot, values[:, None], 0.0), axis=0)
+        sums = jnp.sum(jnp.where(onehot, targets[:, None], 0.0), axis=0)
         counts = jnp.sum(onehot.astype(dtype), axis=0)
         if axis_name is not None:
             sums, counts = jax.lax.psum((sums, counts), axis_name)
