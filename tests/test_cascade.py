@@ -204,6 +204,21 @@ def test_theorem2_gaussian_denoiser_independent(getkey):
     assert np.all(np.abs(np.asarray(totals[0]) - np.asarray(totals[2])) <= tol)
 
 
+def test_theorem2_gaussian_large_t_is_weighted_loss(getkey):
+    # theta-dependent part sum_j W_j K_j with W_j = w(lam_{t_j}) (Sigmoid(2): non-increasing in lambda, so W
+    # non-decreasing in t) matches K&G's weighted loss for T large; Monte Carlo, 3 s.e. + an O(1/T) allowance.
+    num_steps, weighting, d = 128, vd.weighting.Sigmoid(k=2.0), GMixed()
+    cum = weighting(GSCHED.lam(jnp.arange(1, num_steps + 1) / num_steps))
+    x = jnp.asarray(np.tile(GDATA, (400, 1)))
+    terms = eqx.filter_jit(vd.losses.gaussian_cascade_terms_at)(
+        d, x, jnp.asarray(GDATA), jr.normal(getkey(), x.shape), schedule=GSCHED, num_steps=num_steps
+    )
+    a = np.asarray(terms.kl @ cum)
+    b = np.asarray(eqx.filter_jit(vd.losses.weighted_loss)(d, x, key=getkey(), schedule=GSCHED, weighting=weighting))
+    se = math.hypot(a.std() / math.sqrt(a.size), b.std() / math.sqrt(b.size))
+    assert abs(a.mean() - b.mean()) <= 3 * se + 0.03 * b.mean(), (a.mean(), b.mean(), se)
+
+
 def test_cascade_bad_input(getkey):
     tokens = jnp.asarray(DATA)
     with pytest.raises(ValueError, match="num_steps"):

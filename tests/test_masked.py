@@ -348,6 +348,15 @@ def test_cached_sampler_same_samples_fewer_nfe(getkey):
         assert int(nfe_a) == 64 and int(nfe_b) < 32, (int(nfe_a), int(nfe_b))
 
 
+def test_explicit_grid():
+    g = M.ExplicitGrid([0.0, 0.1, 0.5, 1.0])
+    assert tree_allclose(g(3), jnp.asarray([0.0, 0.1, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="num_steps"):
+        g(4)
+    with pytest.raises(ValueError, match="times"):
+        M.ExplicitGrid([0.0, 0.6, 0.5, 1.0])
+
+
 def test_top_p_filter_and_sampler(getkey):
     logp = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
     out = np.exp(np.asarray(M.top_p_filter(logp, 0.7)))
@@ -365,6 +374,18 @@ def test_gumbel_max_draws_in_log_space_do_not_underflow(getkey):
 
     s, _ = _anc(peaked, (500, 6), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=3)
     assert np.all(np.asarray(s) == 0)
+
+
+def test_float64_draws(getkey):
+    with pytest.raises(ValueError, match="x64"):
+        M.ancestral(
+            ORACLE, (8, L3), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=V3, dtype=jnp.float64
+        )
+    with jax.enable_x64(True):
+        s, nfe = M.ancestral(
+            ORACLE, (8, L3), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=V3, dtype=jnp.float64
+        )
+        assert int(nfe) == 4 and np.all((np.asarray(s) >= 0) & (np.asarray(s) < V3))
 
 
 # --- 9. bad input -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ._sampling import (
     ancestral as ancestral,
     any_order_autoregressive as any_order_autoregressive,
     CosineGrid as CosineGrid,
+    ExplicitGrid as ExplicitGrid,
     top_p_filter as top_p_filter,
     UniformGrid as UniformGrid,
 )

@@ -54,6 +54,28 @@ class CosineGrid(AbstractTimeGrid):
         return (2.0 * jnp.sin(0.25 * jnp.pi * k) ** 2).at[-1].set(1.0)
 
 
+class ExplicitGrid(AbstractTimeGrid):
+    r"""Any grid: the given times $0 = t_0 < \dots < t_T = 1$ (`num_steps` must equal $T$).
+
+    Args:
+        times: the $T + 1$ increasing times, starting at 0 and ending at 1.
+    """
+
+    times: tuple[float, ...] = eqx.field(static=True)
+
+    def __init__(self, times):
+        times = tuple(float(t) for t in np.asarray(times, np.float64).ravel())
+        if len(times) < 2 or times[0] != 0.0 or times[-1] != 1.0 or np.any(np.diff(times) <= 0):
+            raise ValueError(f"`times` must increase strictly from 0 to 1 (T + 1 values); got {times}.")
+        self.times = times
+
+    def __call__(self, num_steps):
+        """The given grid."""
+        if num_steps != len(self.times) - 1:
+            raise ValueError(f"`num_steps` must be {len(self.times) - 1} for this ExplicitGrid; got {num_steps}.")
+        return jnp.asarray(self.times, jnp.float32)
+
+
 def _check_common(shape, num_steps, top_p, dtype) -> tuple[int, ...]:
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
