@@ -197,6 +197,25 @@ def test_matches_theory_table(s):
     np.testing.assert_allclose(np.asarray(s.density(jnp.asarray(lam, jnp.float32))), p_ref(lam), rtol=2e-5)
 
 
+@given(
+    which=st.integers(0, 5),
+    lo=st.floats(-20.0, -0.01),
+    hi=st.floats(0.01, 20.0),
+    extra=st.floats(1.0, 10.0),
+)
+def test_ends_are_inside_for_any_truncation(which, lo, hi, extra):
+    """lam(0), lam(1) round at most a few ulps past the ends, and the density there is positive (else w/p = inf)."""
+    if which == 4:
+        s = S.EDMSampling(sigma_min=math.exp(-hi / 2), sigma_max=math.exp(-lo / 2), rho=extra)  # rho = 1..10
+    elif which == 5:
+        s = S.ShiftedCosine(shift=extra - 5.0, lam_min=lo, lam_max=hi)
+    else:
+        s = (S.LinearLogSNR, S.Cosine, S.EDMTraining, S.FlowMatchingOT)[which](lam_min=lo, lam_max=hi)
+    ends = s.lam(jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(np.asarray(ends), [s.lam_max, s.lam_min], rtol=4e-6, atol=4e-6)
+    assert bool(jnp.all(s.density(ends) > 0))
+
+
 # --- hand-computed values (THEORY §2) ------------------------------------------------------------
 
 

@@ -43,7 +43,15 @@ class EmpiricalDenoiser(eqx.Module):
 
     def posterior(self, z: Float[Array, "*data"], lam: FloatScalarLike) -> Float[Array, " N"]:
         """Posterior probabilities of the rows given $z_\\lambda$."""
-        return jax.nn.softmax(self.posterior_logits(z, lam))
+        # Softmax relative to the best row, whose term is exactly exp(0) = 1, so the sum is >= 1. At lam ~ 40 the
+        # logits reach ~1e18; under jit XLA may fuse their last multiply into `logits - max` (an FMA keeps the
+        # unrounded product), which left the best row at -4e10, every exp at 0, and NaN from jax.nn.softmax.
+        logits = self.posterior_logits(z, lam)
+        best = jnp.argmax(logits)
+        shifted = logits - logits[best]  # no stop_gradient: the gradient wrt the best logit flows through here
+        shifted = jnp.where((jnp.arange(logits.shape[0]) == best) | (shifted > 0), 0.0, shifted)
+        p = jnp.exp(shifted)
+        return p / jnp.sum(p)
 
     def x_hat(self, z: Float[Array, "*data"], lam: FloatScalarLike) -> Float[Array, "*data"]:
         r"""Posterior mean $E[x|z_\lambda]$."""

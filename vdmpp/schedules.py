@@ -113,8 +113,12 @@ class AbstractSchedule(eqx.Module):
         r"""Density $\tilde p(\lambda) = p(\lambda)/(t_1 - t_0)$ on $[\lambda_{min}, \lambda_{max}]$, 0 outside."""
         lam = _as_float(lam)
         _, _, width = self._t0_t1(lam.dtype)
-        inside = (lam >= self.lam_min) & (lam <= self.lam_max)
-        safe = jnp.clip(lam, self.lam_min, self.lam_max)
+        lo = jnp.asarray(self.lam_min, lam.dtype)
+        hi = jnp.asarray(self.lam_max, lam.dtype)
+        # lam(0), lam(1) may round a few ulps past the ends; they still count as inside (else w/p = inf there)
+        rel = 64 * jnp.finfo(lam.dtype).eps
+        inside = (lam >= lo - rel * jnp.maximum(1.0, jnp.abs(lo))) & (lam <= hi + rel * jnp.maximum(1.0, jnp.abs(hi)))
+        safe = jnp.clip(lam, lo, hi)
         return jnp.where(inside, self._density(safe) / width, 0.0)
 
     def dlam_dt(self, t: FloatLike) -> Float[Array, "*shape"]:
@@ -311,7 +315,7 @@ class EDMSampling(AbstractSchedule):
 
     def _f(self, u, v):
         a, b = self._consts()
-        return -2.0 * self.rho * jnp.log(a + v * (b - a))
+        return -2.0 * self.rho * jnp.log(a * u + b * v)  # = a + v (b - a), without the cancellation near t = 0
 
     def _v(self, lam):
         a, b = self._consts()
