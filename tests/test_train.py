@@ -426,7 +426,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_jax_distributed_match_one_process(tmp_path):
     # reference: one process, 4 of the 8 fake devices, the same global batches
     sharding = vd.train.Sharding(vd.train.make_mesh(1, devices=jax.devices()[:4]))
