@@ -60,6 +60,11 @@ class Config:
     num_samples: int = 36
     sample_steps: int = 64
     distributed: bool = False
+    """Call jax.distributed.initialize() first (multi-host; cluster environments are detected)."""
+    coordinator_address: str | None = None
+    """host:port of process 0, where the cluster is not detected automatically (with --distributed)."""
+    num_processes: int | None = None
+    process_id: int | None = None
     progress: bool = True
 
 
@@ -142,7 +147,7 @@ def apply_demo(cfg: Config) -> Config:
 def main(cfg: Config) -> dict:
     """Build everything from `cfg`, train, and print where the outputs are."""
     if cfg.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
     cfg = apply_demo(cfg)
     data = vd.data.load(cfg.data)
     train, test, vocab = tokens_of(data)

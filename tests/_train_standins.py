@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the training tests (a small MLP denoiser and a grain pipeline), runnable as a script.
+"""Small pieces for the training tests (a tiny MLP denoiser, fake data), runnable as a training script.
 
 As a script it trains for `--steps` with checkpoints every `--every` steps, so a test can kill it
 (SIGKILL) and resume it: `python tests/_train_standins.py WORKDIR STEPS EVERY [--resume]`.
@@ -34,20 +34,11 @@ def fake_data(n: int = 96, shape=(4, 4, 1), levels: int = 17, seed: int = 0) -> 
     return np.random.default_rng(seed).integers(0, levels, (n, *shape)).astype(np.uint8)
 
 
-class _ToBatch(grain.transforms.Map):
-    def map(self, x):
-        return {"x": x, "label": np.int32(0)}
-
-
 def pipeline(data: np.ndarray, batch_size: int, seed: int, labels=None):
-    """MapDataset -> shuffle -> repeat -> map -> batch(drop_remainder) -> iter dataset."""
-    ds = grain.MapDataset.source(data if labels is None else list(zip(data, labels)))
-    ds = ds.seed(seed).shuffle().repeat()
-    if labels is None:
-        ds = ds.map(_ToBatch())
-    else:
-        ds = ds.map(lambda p: {"x": p[0], "label": np.int32(p[1])})
-    return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
+    """The library's grain pipeline (shuffled, repeated, checkpointable)."""
+    import vdmpp as vd
+
+    return vd.data.pipeline(data, batch_size=batch_size, seed=seed, shuffle=True, num_epochs=None, labels=labels)
 
 
 def build(steps: int, every: int, lr: float = 3e-3):
