@@ -32,9 +32,24 @@ def main(port: str, pid: int, out: str) -> None:
         state, m = vd.train.train_step(state, b, loss=loss, optimizer=opt, ema_decay=0.9, sharding=sharding)
         losses.append(float(vd.train.replicate_to_host(m["loss"])))
     w = vd.train.replicate_to_host(state.model.mlp.layers[0].weight)
+    # the full loop on two processes: sharded data, orbax checkpoint from both processes, EMA evaluation
+    data_pipe = vd.data.pipeline(fake_data(64), batch_size=8, seed=0, shard_index=pid, shard_count=2)
+    loop = vd.train.LoopConfig(steps=2, checkpoint_every=2, log_every=1, progress=False, tensorboard=False)
+    summary = vd.train.fit(
+        model,
+        loss,
+        opt,
+        data_pipe,
+        loop=loop,
+        workdir=out + ".run",
+        config={"model": 1},
+        key=jr.key(5),
+        test_data=fake_data(20),
+        sharding=sharding,
+    )
     if pid == 0:
         with open(out, "w") as f:
-            json.dump({"losses": losses, "w": np.asarray(w).tolist()}, f)
+            json.dump({"losses": losses, "w": np.asarray(w).tolist(), "fit_bpd": summary["test_bpd"]}, f)
     jax.distributed.shutdown()
 
 

@@ -441,6 +441,7 @@ def test_two_processes_jax_distributed_match_one_process(tmp_path):
     for p in procs:
         assert p.wait(timeout=240) == 0
     got = json.loads(pathlib.Path(out).read_text())
+    assert np.isfinite(got["fit_bpd"]) and (tmp_path / "out.json.run" / "checkpoints" / "2").is_dir()
     assert np.allclose(got["losses"], ref_losses, rtol=1e-5)
     assert np.allclose(np.asarray(got["w"]), np.asarray(ref_state.model.mlp.layers[0].weight), rtol=1e-4, atol=1e-6)
 

@@ -20,7 +20,7 @@ from ._checkpoint import Checkpointer
 from ._loss import AbstractLoss, GaussianLoss
 from ._masked_loss import MaskedLoss
 from ._metrics import atomic_write_bytes, atomic_write_json, image_grid, MetricsLogger, save_figure, save_png
-from ._sharding import make_mesh, Sharding
+from ._sharding import make_mesh, replicate_to_host, Sharding
 from ._state import init_train_state, train_step, TrainState
 
 
@@ -81,7 +81,15 @@ def _eval_bpd(model, loss: AbstractLoss, batch, key, sched_state):
 
 
 def evaluate_bpd(
-    model: Any, loss: AbstractLoss, data: np.ndarray, *, key, sched_state, batch_size: int = 256, repeats: int = 1
+    model: Any,
+    loss: AbstractLoss,
+    data: np.ndarray,
+    *,
+    key,
+    sched_state,
+    batch_size: int = 256,
+    repeats: int = 1,
+    sharding: Sharding | None = None,
 ) -> float:
     """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array) and `repeats` draws, in fixed-size batches."""
     data = np.asarray(data)
@@ -100,8 +108,9 @@ def evaluate_bpd(
         slots = np.floor(np.arange(m) * b / m).astype(np.int64)
         full = np.resize(data, (b,) + data.shape[1:])
         full[slots] = chunk
-        bpd = _eval_bpd(model, loss, {"x": jnp.asarray(full)}, jr.fold_in(key, i), sched_state)
-        total += float(jnp.sum(np.asarray(bpd)[slots]))
+        x = jnp.asarray(full) if sharding is None else sharding.replicate(full)
+        bpd = replicate_to_host(_eval_bpd(model, loss, {"x": x}, jr.fold_in(key, i), sched_state))
+        total += float(np.sum(np.asarray(bpd)[slots]))
     return total / (n * repeats)
 
 
@@ -263,7 +272,7 @@ def fit(
                 logger.log(step, {"loss": value, "grad_norm": float(metrics["grad_norm"]), "steps_per_s": steps_per_s})
                 bar.set_postfix(loss=f"{value:.4g}", bpd=f"{last_bpd:.3f}", it_s=f"{steps_per_s:.1f}")
             if test_data is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
-                last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop)
+                last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
                 logger.log(step, {"test_bpd": last_bpd}, kind="eval")
             if sampler is not None and loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
                 _write_samples(workdir / f"samples_{step:06d}.png", state, sampler, key, step, num_levels, is_main)
@@ -273,7 +282,7 @@ def fit(
         train_seconds = time.perf_counter() - t_start
         files = ["metrics.jsonl", "checkpoints/"]
         if test_data is not None:
-            last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop)
+            last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
             logger.log(step, {"test_bpd": last_bpd}, kind="eval")
         if sampler is not None:
             files.append(_write_samples(workdir / "samples.png", state, sampler, key, step, num_levels, is_main))
@@ -299,7 +308,7 @@ def fit(
         ckpt.close()
 
 
-def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop: LoopConfig) -> float:
+def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop: LoopConfig, sharding) -> float:
     data = np.asarray(data)
     if loop.eval_examples:
         data = data[: loop.eval_examples]
@@ -320,7 +329,7 @@ def _write_samples(path: pathlib.Path, state: TrainState, sampler, key, step: in
         if is_main:
             atomic_write_bytes(path, out.encode())
         return path.name
-    images = np.asarray(out)
+    images = np.asarray(replicate_to_host(out))
     if is_main:
         levels = num_levels or int(images.max()) + 1
         save_png(image_grid(images, levels), path)

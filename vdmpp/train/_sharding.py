@@ -97,6 +97,10 @@ class Sharding(eqx.Module):
         placed = jtu.tree_map(lambda x: jax.lax.with_sharding_constraint(x, self.leaf(x)), arrays)
         return eqx.combine(placed, static)
 
+    def replicate(self, x: Any) -> jax.Array:
+        """A host array (the same on every process) as a replicated global array on the mesh."""
+        return _place(np.asarray(x), NamedSharding(self.mesh, P()))
+
     def shard_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
         """Turn this process's slice of the batch (NumPy) into a global array sharded over all devices.
 
