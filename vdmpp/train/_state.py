@@ -59,16 +59,19 @@ def init_train_state(
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
     ema = jtu.tree_map(lambda p: jnp.array(p, copy=True), params)
-    zero = jnp.zeros((), jnp.int32)
+
+    def zero():  # distinct buffers, so the state can be donated
+        return jnp.zeros((), jnp.int32)
+
     return TrainState(
         model=model,
         opt_state=opt_state,
         ema=ema,
         sched_state=loss.init_schedule_state(),
-        step=zero,
+        step=zero(),
         key=key,
-        skips=zero,
-        total_skips=zero,
+        skips=zero(),
+        total_skips=zero(),
     )
 
 
@@ -126,6 +129,10 @@ def make_optimizer(
         )
     sched = schedule.build(lr, warmup, total_steps)
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(sched, b1=b1, b2=b2, eps=eps))
+
+
+def _is_key(x) -> bool:
+    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _loss_and_grads(model, batch, key, sched_state, loss: AbstractLoss, accum_steps: int):
@@ -197,25 +204,21 @@ def train_step(
         grad_norm = optax.global_norm(grads)
         # a non-finite gradient entry makes the global norm non-finite (one reduction, shared with clipping)
         finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-        arrays, static = eqx.partition(state, eqx.is_array)
-
-        def apply(_):
-            # only the applied branch runs the update (lax.cond), so the guard costs nothing on the common path
-            params = eqx.filter(state.model, eqx.is_inexact_array)
-            updates, opt_state = optimizer.update(grads, state.opt_state, params)
-            model = eqx.apply_updates(state.model, updates)
-            new_params = eqx.filter(model, eqx.is_inexact_array)
-            ema = jtu.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, new_params)
-            sched_state = loss.update_schedule(state.sched_state, aux)
-            new = TrainState(
-                model, opt_state, ema, sched_state, state.step + one, state.key, state.skips * 0, state.total_skips
-            )
-            return eqx.filter(new, eqx.is_array)
-
-        def reject(_):
-            return eqx.tree_at(lambda s: (s.skips, s.total_skips), arrays, (state.skips + one, state.total_skips + one))
-
-        new_state = eqx.combine(jax.lax.cond(finite, apply, reject, None), static)
+        params = eqx.filter(state.model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        model = eqx.apply_updates(state.model, updates)
+        new_params = eqx.filter(model, eqx.is_inexact_array)
+        ema = jtu.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, new_params)
+        sched_state = loss.update_schedule(state.sched_state, aux)
+        applied = TrainState(
+            model, opt_state, ema, sched_state, state.step + one, state.key, state.skips * 0, state.total_skips
+        )
+        rejected = eqx.tree_at(lambda s: (s.skips, s.total_skips), state, (state.skips + one, state.total_skips + one))
+        # an elementwise select fuses into the update's own elementwise kernels (cheaper than a lax.cond,
+        # which materialises both branches' buffers); keys are identical in both and kept as they are
+        new_state = jtu.tree_map(
+            lambda a, r: jnp.where(finite, a, r) if eqx.is_array(a) and not _is_key(a) else a, applied, rejected
+        )
     if sharding is not None:
         new_state = sharding.constrain(new_state)
     metrics = {
