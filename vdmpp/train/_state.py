@@ -131,10 +131,6 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(sched, b1=b1, b2=b2, eps=eps))
 
 
-def _is_key(x) -> bool:
-    return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def _loss_and_grads(model, batch, key, sched_state, loss: AbstractLoss, accum_steps: int):
     def mean_loss(params, static, mb, k):
         per_example, aux = loss(eqx.combine(params, static), mb, key=k, sched_state=sched_state)
@@ -204,20 +200,30 @@ def train_step(
         grad_norm = optax.global_norm(grads)
         # a non-finite gradient entry makes the global norm non-finite (one reduction, shared with clipping)
         finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-        params = eqx.filter(state.model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        model = eqx.apply_updates(state.model, updates)
-        new_params = eqx.filter(model, eqx.is_inexact_array)
-        ema = jtu.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, new_params)
-        sched_state = loss.update_schedule(state.sched_state, aux)
-        applied = TrainState(
-            model, opt_state, ema, sched_state, state.step + one, state.key, state.skips * 0, state.total_skips
+        params, static = eqx.partition(state.model, eqx.is_inexact_array)
+        updates, new_opt_state = optimizer.update(grads, state.opt_state, params)
+
+        # The guard is a select inside each leaf's own elementwise update (one fused loop per leaf),
+        # not a separate pass over the whole state afterwards.
+        def keep_if_bad(new, old):
+            return jnp.where(finite, new, old) if eqx.is_array(new) else new
+
+        new_params = jtu.tree_map(lambda p, u: None if p is None else keep_if_bad(p + u, p), params, updates)
+        ema = jtu.tree_map(
+            lambda e, p, u: keep_if_bad(ema_decay * e + (1.0 - ema_decay) * (p + u), e), state.ema, params, updates
         )
-        rejected = eqx.tree_at(lambda s: (s.skips, s.total_skips), state, (state.skips + one, state.total_skips + one))
-        # an elementwise select fuses into the update's own elementwise kernels (cheaper than a lax.cond,
-        # which materialises both branches' buffers); keys are identical in both and kept as they are
-        new_state = jtu.tree_map(
-            lambda a, r: jnp.where(finite, a, r) if eqx.is_array(a) and not _is_key(a) else a, applied, rejected
+        opt_state = jtu.tree_map(keep_if_bad, new_opt_state, state.opt_state)
+        sched_state = jtu.tree_map(keep_if_bad, loss.update_schedule(state.sched_state, aux), state.sched_state)
+        bad = (~finite).astype(jnp.int32)
+        new_state = TrainState(
+            model=eqx.combine(new_params, static),
+            opt_state=opt_state,
+            ema=ema,
+            sched_state=sched_state,
+            step=state.step + one - bad,
+            key=state.key,
+            skips=(state.skips + one) * bad,
+            total_skips=state.total_skips + bad,
         )
     if sharding is not None:
         new_state = sharding.constrain(new_state)
