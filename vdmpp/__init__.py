@@ -13,6 +13,7 @@ from . import (
     process as process,
     samplers as samplers,
     schedules as schedules,
+    train as train,
     weighting as weighting,
 )
 

@@ -1,0 +1,108 @@
+"""Throughput of the demo model's train step; prints one JSON line.
+
+For two batch sizes: examples/s (median over timed steps) and the process's peak resident memory
+(CPU; on GPU/TPU the device's `peak_bytes_in_use` when reported). Also the compile time of the step
+and the time from process start to the first finished step, with a cold and then a warm JAX
+compilation cache. Each measurement runs in a fresh subprocess so peaks and caches do not leak.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+
+T0 = time.perf_counter()
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def worker(batch_size: int, steps: int) -> dict:
+    import resource
+    import statistics
+
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    sys.path.insert(0, str(ROOT))
+    import vdmpp as vd
+    from benchmarks.step_overhead import batch, demo_setup
+
+    t_import = time.perf_counter() - T0
+    model, loss, optimizer = demo_setup()
+    state = vd.train.init_train_state(model, optimizer, loss, key=jr.key(0))
+    b = {"x": jnp.asarray(batch(batch_size))}
+    t = time.perf_counter()
+    compiled = vd.train.train_step.lower(state, b, loss=loss, optimizer=optimizer, ema_decay=0.999).compile()
+    compile_s = time.perf_counter() - t
+    state, m = vd.train.train_step(state, b, loss=loss, optimizer=optimizer, ema_decay=0.999)
+    jax.block_until_ready(m["loss"])
+    first_step_s = time.perf_counter() - T0
+    del compiled
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, m = vd.train.train_step(state, b, loss=loss, optimizer=optimizer, ema_decay=0.999)
+        jax.block_until_ready(m["loss"])
+        times.append(time.perf_counter() - t)
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return {
+        "batch_size": batch_size,
+        "examples_per_s": round(batch_size / statistics.median(times), 1),
+        "peak_memory_mb": round((peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20, 1),
+        "peak_memory_kind": "device peak_bytes_in_use" if peak else "process max RSS",
+        "compile_s": round(compile_s, 3),
+        "time_to_first_step_s": round(first_step_s, 3),
+        "import_s": round(t_import, 3),
+        "backend": jax.default_backend(),
+    }
+
+
+def run(batch_size: int, steps: int, cache_dir: str) -> dict:
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)}
+    code = (
+        "import jax, os; jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR']);"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0);"
+        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", str(batch_size), str(steps), code],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run(128, 100, cache)
+        warm = run(128, 100, cache)
+        big = run(1024, 30, cache)
+    return {
+        "benchmark": "throughput",
+        "model": "demo MLP (width 256, depth 3), 8x8x1 digits, adaptive + Sigmoid(2)",
+        "batch_sizes": [cold["batch_size"], big["batch_size"]],
+        "examples_per_s": [warm["examples_per_s"], big["examples_per_s"]],
+        "peak_memory_mb": [warm["peak_memory_mb"], big["peak_memory_mb"]],
+        "peak_memory_kind": warm["peak_memory_kind"],
+        "compile_s": {"cold_cache": cold["compile_s"], "warm_cache": warm["compile_s"]},
+        "time_to_first_step_s": {
+            "cold_cache": cold["time_to_first_step_s"],
+            "warm_cache": warm["time_to_first_step_s"],
+        },
+        "backend": warm["backend"],
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        exec(sys.argv[4])
+        print(json.dumps(worker(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        print(json.dumps(main()))
