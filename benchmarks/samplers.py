@@ -164,8 +164,8 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
-    parser.add_argument("--num-samples", type=int, default=10000)
-    parser.add_argument("--num-proj", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=4000)
+    parser.add_argument("--num-proj", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="budgets 8, 32, 128 only")
     args = parser.parse_args()
     budgets = (8, 32, 128) if args.quick else BUDGETS

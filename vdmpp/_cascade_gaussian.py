@@ -100,9 +100,9 @@ def _example_terms(denoiser, oracle, schedule, num_steps, x, eps):
 
 def gaussian_cascade_terms_at(
     denoiser: Callable,
-    x: Float[Array, "batch *data"],
-    data: Float[ArrayLike, "N *data"],
-    eps: Float[Array, "batch *data"],
+    x: Float[Array, " batch *data"],
+    data: Float[ArrayLike, " N *data"],
+    eps: Float[Array, " batch *data"],
     *,
     schedule: AbstractSchedule,
     num_steps: int,
@@ -132,8 +132,8 @@ def gaussian_cascade_terms_at(
 
 def gaussian_cascade(
     denoiser: Callable,
-    x: Float[Array, "batch *data"],
-    data: Float[ArrayLike, "N *data"],
+    x: Float[Array, " batch *data"],
+    data: Float[ArrayLike, " N *data"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractSchedule,

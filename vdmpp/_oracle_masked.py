@@ -27,11 +27,11 @@ class EmpiricalMaskedDenoiser(eqx.Module):
         mask_id: the mask token's id (must not occur in `data`).
     """
 
-    data: Int[Array, "N *shape"]
+    data: Int[Array, " N *shape"]
     vocab_size: int = eqx.field(static=True)
     mask_id: int = eqx.field(static=True)
 
-    def __init__(self, data: Int[ArrayLike, "N *shape"], vocab_size: int, mask_id: int):
+    def __init__(self, data: Int[ArrayLike, " N *shape"], vocab_size: int, mask_id: int):
         data = jnp.asarray(data)
         if data.ndim < 2:
             raise ValueError(f"`data` must be shaped (N, *shape) with N rows; got shape {data.shape}.")

@@ -67,4 +67,6 @@ class EmpiricalDenoiser(eqx.Module):
         pi = self.posterior(z, lam)
         resid = (z[None] - alpha * self.data) / sigma
         return jnp.tensordot(pi, resid, axes=1)
+
+
 from ._oracle_masked import EmpiricalMaskedDenoiser as EmpiricalMaskedDenoiser  # noqa: E402

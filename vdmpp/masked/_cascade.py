@@ -43,9 +43,9 @@ def _example_terms(denoiser, oracle, schedule, num_steps, mask_id, x, u):
 
 def cascade_terms_at(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
-    data: Int[ArrayLike, "N *shape"],
-    u: Float[Array, "batch *shape"],
+    tokens: Int[Array, " batch *shape"],
+    data: Int[ArrayLike, " N *shape"],
+    u: Float[Array, " batch *shape"],
     *,
     schedule: AbstractMaskingSchedule,
     num_steps: int,
@@ -84,8 +84,8 @@ def cascade_terms_at(
 
 def cascade_terms(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
-    data: Int[ArrayLike, "N *shape"],
+    tokens: Int[Array, " batch *shape"],
+    data: Int[ArrayLike, " N *shape"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractMaskingSchedule,
@@ -99,8 +99,8 @@ def cascade_terms(
 
 def cascade(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
-    data: Int[ArrayLike, "N *shape"],
+    tokens: Int[Array, " batch *shape"],
+    data: Int[ArrayLike, " N *shape"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractMaskingSchedule,
@@ -127,8 +127,8 @@ def cascade(
 
 def weighted_cascade(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
-    data: Int[ArrayLike, "N *shape"],
+    tokens: Int[Array, " batch *shape"],
+    data: Int[ArrayLike, " N *shape"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractMaskingSchedule,

@@ -63,9 +63,9 @@ def reconstruction(schedule: AbstractMaskingSchedule, num_tokens: int, vocab_siz
 
 def elbo_at(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
+    tokens: Int[Array, " batch *shape"],
     t: Float[Array, " batch"],
-    mask: Bool[Array, "batch *shape"],
+    mask: Bool[Array, " batch *shape"],
     *,
     schedule: AbstractMaskingSchedule,
     mask_id: int,
@@ -113,7 +113,7 @@ def elbo_at(
 
 def elbo(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
+    tokens: Int[Array, " batch *shape"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractMaskingSchedule,

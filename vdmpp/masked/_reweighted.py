@@ -81,9 +81,9 @@ def _check_importance(importance) -> None:
 
 def reweighted_loss_at(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
+    tokens: Int[Array, " batch *shape"],
     t: Float[Array, " batch"],
-    mask: Bool[Array, "batch *shape"],
+    mask: Bool[Array, " batch *shape"],
     *,
     schedule: AbstractMaskingSchedule,
     weighting: AbstractWeighting | Simple,
@@ -134,7 +134,7 @@ def reweighted_loss_at(
 
 def reweighted_loss(
     denoiser: Callable,
-    tokens: Int[Array, "batch *shape"],
+    tokens: Int[Array, " batch *shape"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractMaskingSchedule,

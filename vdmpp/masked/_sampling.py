@@ -125,7 +125,7 @@ def ancestral(
     top_p: float | None = None,
     cache: bool = False,
     dtype=jnp.float32,
-) -> tuple[Int[Array, "batch *shape"], Int[Array, ""]]:
+) -> tuple[Int[Array, " batch *shape"], Int[Array, ""]]:
     r"""MD4 ancestral sampling from all-masked $z_1$ down to $t = 0$ on a time grid.
 
     Args:
@@ -191,7 +191,7 @@ def any_order_autoregressive(
     mask_id: int,
     return_order: bool = False,
     dtype=jnp.float32,
-) -> tuple[Int[Array, "batch *shape"], Int[Array, ""]] | tuple[Int[Array, "batch *shape"], Int[Array, ""], Array]:
+) -> tuple[Int[Array, " batch *shape"], Int[Array, ""]] | tuple[Int[Array, " batch *shape"], Int[Array, ""], Array]:
     r"""Any-order autoregressive sampling: reveal ONE uniformly chosen masked token per step.
 
     With the exact conditionals this samples the data distribution exactly (the any-order AR view of
