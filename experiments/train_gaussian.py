@@ -187,36 +187,16 @@ def build_model(cfg: Config, data: vd.data.Dataset, key) -> eqx.Module:
     return FlatModel(net, shape)
 
 
-# --- a small ancestral sampler (THEORY §7); vd.samplers.ancestral replaces it once merged -------
+# --- samples for the grids: vd.samplers.ancestral on a cosine grid, decoded like elbo_bpd -------
 
 
 @eqx.filter_jit
 def ancestral_samples(model, parameterisation, key, *, shape, num: int, num_steps: int, lam_min, lam_max, levels):
-    r"""DDPM ancestral sampling on a cosine λ grid (THEORY §7), then $\hat x$ at $\lambda_{max}$, quantised.
-
-    Step $t \to s$: $c = -\mathrm{expm1}(\lambda_t - \lambda_s)$,
-    $z_s = (\alpha_s/\alpha_t)(z_t - \sigma_t c\hat\epsilon) + \sigma_s\sqrt{c}\,\xi$.
-    """
+    """DDPM ancestral samples (THEORY §7) on a cosine λ grid, decoded to integer levels (argmax)."""
     sched = vd.schedules.Cosine(lam_min=lam_min, lam_max=lam_max)
     den = vd.nn.as_denoiser(model, parameterisation)
-    ts = jnp.linspace(1.0, 0.0, num_steps + 1)
-    zkey, key = jr.split(key)
-    z = jr.normal(zkey, (num, *shape))
-
-    def step(z, i):
-        lam_t, lam_s = sched.lam(ts[i]), sched.lam(ts[i + 1])
-        a_t, s_t = vd.process.vp_alpha_sigma(lam_t)
-        a_s, s_s = vd.process.vp_alpha_sigma(lam_s)
-        eps_hat = jax.vmap(den, in_axes=(0, None))(z, lam_t)
-        c = -jnp.expm1(lam_t - lam_s)
-        noise = jr.normal(jr.fold_in(key, i), z.shape)
-        z = (a_s / a_t) * (z - s_t * c * eps_hat) + s_s * jnp.sqrt(c) * noise
-        return z, None
-
-    z, _ = jax.lax.scan(step, z, jnp.arange(num_steps))
-    lam0 = sched.lam(jnp.asarray(0.0))
-    x_hat = vd.process.eps_to_x(z, jax.vmap(den, in_axes=(0, None))(z, lam0), lam0)
-    return jnp.clip(jnp.round((x_hat + 1.0) / 2.0 * levels - 0.5), 0, levels - 1).astype(jnp.uint8)
+    x, _ = vd.samplers.ancestral(den, (num, *shape), key=key, schedule=sched, num_steps=num_steps, num_levels=levels)
+    return x.astype(jnp.uint8)
 
 
 def config_record(cfg: Config) -> dict:
