@@ -128,14 +128,6 @@ def evaluate(dim: int, n: int, budgets, num_proj: int) -> dict:
     return out
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def plot(results: list[dict], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -180,7 +172,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - t0,
     }
     line = json.dumps(summary)
-    _atomic_write(args.out / "samplers.json", (line + "\n").encode())
+    vd.train.atomic_write_bytes(args.out / "samplers.json", (line + "\n").encode())
     plot(results, args.out / "samplers.png")
     print(line)
 

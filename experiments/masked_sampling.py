@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import pathlib
-import tempfile
 import time
 
 import equinox as eqx
@@ -31,14 +30,6 @@ from tqdm import tqdm
 
 
 M = vd.masked
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def make_data(num_rows: int, length: int, vocab: int, seed: int) -> np.ndarray:
@@ -110,7 +101,7 @@ def main(out: str = "runs/masked_sampling", quick: bool = False, seed: int = 0) 
     tmp_png = out_dir / "masked_sampling.png.tmp.png"
     fig.savefig(tmp_png, dpi=120)
     os.replace(tmp_png, out_dir / "masked_sampling.png")
-    _write_atomic(out_dir / "masked_sampling.json", json.dumps(results, indent=2).encode())
+    vd.train.atomic_write_bytes(out_dir / "masked_sampling.json", json.dumps(results, indent=2).encode())
     return results
 
 

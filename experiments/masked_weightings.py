@@ -16,7 +16,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import time
 
 import equinox as eqx
@@ -37,14 +36,6 @@ from tqdm import tqdm
 M = vd.masked
 V = 17  # digits: pixel values 0..16
 MASK = V
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 class Denoiser(eqx.Module):
@@ -184,7 +175,7 @@ def main(out="runs/masked_weightings", steps=600, batch=64, lr=2e-3, dim=64, dep
     tmp_png = out_dir / "masked_weightings.png.tmp.png"
     fig.savefig(tmp_png, dpi=110)
     os.replace(tmp_png, out_dir / "masked_weightings.png")
-    _write_atomic(out_dir / "masked_weightings.json", json.dumps(results, indent=2).encode())
+    vd.train.atomic_write_bytes(out_dir / "masked_weightings.json", json.dumps(results, indent=2).encode())
     return results
 
 
