@@ -270,7 +270,8 @@ def fit(
                 t_last, s_last = now, step
                 value = last_loss = float(metrics["loss"])
                 logger.log(step, {"loss": value, "grad_norm": float(metrics["grad_norm"]), "steps_per_s": steps_per_s})
-                bar.set_postfix(loss=f"{value:.4g}", bpd=f"{last_bpd:.3f}", it_s=f"{steps_per_s:.1f}")
+                bpd_text = "n/a" if np.isnan(last_bpd) else f"{last_bpd:.3f}"  # n/a until the first evaluation
+                bar.set_postfix(loss=f"{value:.4g}", test_bpd=bpd_text, it_s=f"{steps_per_s:.1f}")
             if test_data is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
                 last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
                 logger.log(step, {"test_bpd": last_bpd}, kind="eval")
