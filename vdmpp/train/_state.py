@@ -209,9 +209,10 @@ def train_step(
             return jnp.where(finite, new, old) if eqx.is_array(new) else new
 
         new_params = jtu.tree_map(lambda p, u: None if p is None else keep_if_bad(p + u, p), params, updates)
-        ema = jtu.tree_map(
-            lambda e, p, u: keep_if_bad(ema_decay * e + (1.0 - ema_decay) * (p + u), e), state.ema, params, updates
-        )
+        # The EMA reads the (guarded) new parameters, not `p + u`: then the Adam update `u` has one consumer
+        # and is computed inside the parameters' fused loop instead of being written out as a separate
+        # array (one fewer full pass over the parameters; same values: new_params = p + u when applied).
+        ema = jtu.tree_map(lambda e, p: keep_if_bad(ema_decay * e + (1.0 - ema_decay) * p, e), state.ema, new_params)
         opt_state = jtu.tree_map(keep_if_bad, new_opt_state, state.opt_state)
         sched_state = jtu.tree_map(keep_if_bad, loss.update_schedule(state.sched_state, aux), state.sched_state)
         bad = (~finite).astype(jnp.int32)
