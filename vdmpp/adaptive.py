@@ -115,12 +115,12 @@ class BoundAdaptiveSchedule(AbstractSchedule):
         num = self.num_bins
         width = self.lam_max - self.lam_min
         # from the top (accurate for small u): bin j counted from lam_max
-        j = jnp.clip(jnp.searchsorted(above, u, side="right") - 1, 0, num - 1)
+        j = jnp.clip(jnp.searchsorted(above, u, side="right", method="scan_unrolled") - 1, 0, num - 1)
         mj = m[num - 1 - j]
         g_top = jnp.clip((u - above[j]) / mj, 0.0, 1.0)
         lam_top = self.lam_max - (j.astype(u.dtype) + g_top) * (width / num)
         # from the bottom (accurate for small v = 1 - u)
-        k = jnp.clip(jnp.searchsorted(below, v, side="right") - 1, 0, num - 1)
+        k = jnp.clip(jnp.searchsorted(below, v, side="right", method="scan_unrolled") - 1, 0, num - 1)
         g_bot = jnp.clip((v - below[k]) / m[k], 0.0, 1.0)
         lam_bot = self.lam_min + (k.astype(v.dtype) + g_bot) * (width / num)
         return jnp.where(u < 0.5, lam_top, lam_bot)
