@@ -26,11 +26,11 @@ import vdmpp as vd  # noqa: E402
 from vdmpp.train._state import _FastFilterJit  # noqa: E402
 
 
-def demo_setup(width: int = 256, depth: int = 3):
-    """Model (MLP over flattened 8x8x1), adaptive+Sigmoid(2) loss and Adam, as in `make demo`."""
+def demo_setup(width: int = 256, depth: int = 3, model: str = "mlp"):
+    """Model (MLP over flattened 8x8x1, or the small U-Net), adaptive+Sigmoid(2) loss and Adam, as in `make demo`."""
     import experiments.train_gaussian as tg
 
-    cfg = tg.Config(workdir="unused", width=width, depth=depth, lam_max=6.0)
+    cfg = tg.Config(workdir="unused", width=width, depth=depth, lam_max=6.0, model=model)
     data = vd.data.Dataset(
         train=np.zeros((1, 8, 8, 1), np.uint8), test=np.zeros((1, 8, 8, 1), np.uint8), num_levels=17, kind="image"
     )
@@ -63,8 +63,9 @@ def bare_step(model, opt_state, z, lam, target, optimizer):
     return eqx.apply_updates(model, updates), opt_state, value
 
 
-def main(batch_size: int = 128, repeats: int = 300, width: int = 256) -> dict:
-    model, loss, optimizer = demo_setup(width=width)
+def main(batch_size: int = 128, repeats: int = 300, width: int = 256, model: str = "mlp", warmup: int = 20) -> dict:
+    name = f"MLP width {width}, depth 3" if model == "mlp" else "U-Net (train_gaussian.py --model unet defaults)"
+    model, loss, optimizer = demo_setup(width=width, model=model)
     state = vd.train.init_train_state(model, optimizer, loss, key=jr.key(0))
     x = jnp.asarray(batch(batch_size))
     full_batch = {"x": x}
@@ -83,7 +84,7 @@ def main(batch_size: int = 128, repeats: int = 300, width: int = 256) -> dict:
         bare_model, bare_opt, v = bare_step(bare_model, bare_opt, z, lam, target, optimizer)
         jax.block_until_ready(v)
 
-    for _ in range(20):  # compile and warm up
+    for _ in range(warmup):  # compile and warm up
         run_full()
         run_bare()
     full, bare = [], []
@@ -104,7 +105,7 @@ def main(batch_size: int = 128, repeats: int = 300, width: int = 256) -> dict:
         "median_full_ms": round(1e3 * statistics.median(full), 4),
         "median_bare_ms": round(1e3 * statistics.median(bare), 4),
         "batch_size": batch_size,
-        "model": f"MLP width {width}, depth 3 (demo model), 8x8x1 digits",
+        "model": f"{name}, 8x8x1 digits",
         "repeats": repeats,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
@@ -113,7 +114,9 @@ def main(batch_size: int = 128, repeats: int = 300, width: int = 256) -> dict:
 
 if __name__ == "__main__":
     # the demo model (tiny: fixed per-step costs such as noise and schedule weigh most) and a 4x wider one
+    # and the small U-Net of `train_gaussian.py --model unet`, where the network dominates the step
     small, large = main(width=256), main(width=1024)
+    unet = main(model="unet", repeats=15, warmup=3)
     print(
         json.dumps(
             {
@@ -122,11 +125,17 @@ if __name__ == "__main__":
                 "ratio_full_over_bare": {
                     "demo_mlp_w256": small["ratio_full_over_bare"],
                     "mlp_w1024": large["ratio_full_over_bare"],
+                    "unet": unet["ratio_full_over_bare"],
                 },
-                "meets_target": {"demo_mlp_w256": small["meets_target"], "mlp_w1024": large["meets_target"]},
+                "meets_target": {
+                    "demo_mlp_w256": small["meets_target"],
+                    "mlp_w1024": large["meets_target"],
+                    "unet": unet["meets_target"],
+                },
                 "median_ms": {
                     "demo_mlp_w256": [small["median_full_ms"], small["median_bare_ms"]],
                     "mlp_w1024": [large["median_full_ms"], large["median_bare_ms"]],
+                    "unet": [unet["median_full_ms"], unet["median_bare_ms"]],
                 },
                 "batch_size": small["batch_size"],
                 "repeats": small["repeats"],
