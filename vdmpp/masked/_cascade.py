@@ -18,8 +18,8 @@ import jax.random as jr
 from .._cascade_gaussian import _check_steps, CascadeTerms, check_weights
 from .._oracle_masked import EmpiricalMaskedDenoiser
 from .._types import Array, ArrayLike, Float, Int, PRNGKeyArray
-from ._elbo import infer_vocab_size, masked_cross_entropy
-from ._process import check_mask_id, check_tokens, masks_from_uniforms
+from ._elbo import check_token_batch, masked_cross_entropy
+from ._process import masks_from_uniforms
 from ._schedules import AbstractMaskingSchedule
 
 
@@ -66,14 +66,7 @@ def cascade_terms_at(
         mask_id: the mask token's id.
     """
     _check_steps(num_steps)
-    mask_id = check_mask_id(mask_id)
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim < 2:
-        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
-    vocab = infer_vocab_size(denoiser, tokens[0])
-    tokens = check_tokens(tokens, mask_id=mask_id, vocab_size=vocab)
-    if u.shape != tokens.shape:
-        raise ValueError(f"`u` must have the shape of `tokens`, {tokens.shape}; got {u.shape}.")
+    tokens, vocab, mask_id = check_token_batch(denoiser, tokens, mask_id, u=u)
     oracle = EmpiricalMaskedDenoiser(data, vocab_size=vocab, mask_id=mask_id)
     if oracle.data.shape[1:] != tokens.shape[1:]:
         raise ValueError(f"`data` rows must be shaped like examples {tokens.shape[1:]}; got {oracle.data.shape[1:]}.")

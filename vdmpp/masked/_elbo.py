@@ -44,6 +44,23 @@ def infer_vocab_size(denoiser: Callable, example: Array) -> int:
     return int(out.shape[-1])
 
 
+def check_token_batch(denoiser: Callable, tokens, mask_id, *, t=None, **like_tokens: Array) -> tuple[Array, int, int]:
+    """The argument checks shared by the deterministic cores: a batch of clean ids, one time per example, and
+    arrays shaped like `tokens` (named by their keyword). Returns `(tokens, vocab_size, mask_id)`."""
+    mask_id = check_mask_id(mask_id)
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim < 2:
+        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
+    vocab = infer_vocab_size(denoiser, tokens[0])
+    tokens = check_tokens(tokens, mask_id=mask_id, vocab_size=vocab)
+    if t is not None and jnp.shape(t) != tokens.shape[:1]:
+        raise ValueError(f"`t` must have shape {tokens.shape[:1]} (one time per example); got {jnp.shape(t)}.")
+    for name, a in like_tokens.items():
+        if a.shape != tokens.shape:
+            raise ValueError(f"`{name}` must have the shape of `tokens`, {tokens.shape}; got {a.shape}.")
+    return tokens, vocab, mask_id
+
+
 def masked_cross_entropy(
     denoiser: Callable, x: Int[Array, "*shape"], mask: Bool[Array, "*shape"], lam: Array, mask_id: int
 ) -> Float[Array, ""]:
@@ -87,18 +104,9 @@ def elbo_at(
         mask_id: the mask token's id.
         num_steps: None (continuous time) or $T$.
     """
-    mask_id = check_mask_id(mask_id)
     check_num_steps(num_steps)
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim < 2:
-        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
-    vocab = infer_vocab_size(denoiser, tokens[0])
-    tokens = check_tokens(tokens, mask_id=mask_id, vocab_size=vocab)
+    tokens, vocab, mask_id = check_token_batch(denoiser, tokens, mask_id, t=t, mask=mask)
     t = jnp.asarray(t)
-    if t.shape != tokens.shape[:1]:
-        raise ValueError(f"`t` must have shape {tokens.shape[:1]} (one time per example); got {t.shape}.")
-    if mask.shape != tokens.shape:
-        raise ValueError(f"`mask` must have the shape of `tokens`, {tokens.shape}; got {mask.shape}.")
     checked_alpha(schedule.alpha(t))
     lam = schedule.lam(t)
     ce = jax.vmap(ft.partial(masked_cross_entropy, denoiser, mask_id=mask_id))(tokens, mask, lam)

@@ -24,8 +24,8 @@ from jaxtyping import Bool
 from .._types import Array, Float, FloatLike, Int, PRNGKeyArray
 from ..losses import AbstractTimeSampler, LowDiscrepancy, WeightedLossAux
 from ..weighting import AbstractWeighting
-from ._elbo import infer_vocab_size, masked_cross_entropy
-from ._process import check_mask_id, check_tokens, checked_alpha, sample_mask
+from ._elbo import check_token_batch, masked_cross_entropy
+from ._process import check_mask_id, checked_alpha, sample_mask
 from ._schedules import AbstractMaskingSchedule
 
 
@@ -103,17 +103,8 @@ def reweighted_loss_at(
         `values` $= w(\lambda)\,\alpha_\lambda\sum_{masked}-\log\mu_\theta$ (no importance weight) — what
         `AdaptiveSchedule.update` expects.
     """
-    mask_id = check_mask_id(mask_id)
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim < 2:
-        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
-    vocab = infer_vocab_size(denoiser, tokens[0])
-    tokens = check_tokens(tokens, mask_id=mask_id, vocab_size=vocab)
+    tokens, _, mask_id = check_token_batch(denoiser, tokens, mask_id, t=t, mask=mask)
     t = jnp.asarray(t)
-    if t.shape != tokens.shape[:1]:
-        raise ValueError(f"`t` must have shape {tokens.shape[:1]} (one time per example); got {t.shape}.")
-    if mask.shape != tokens.shape:
-        raise ValueError(f"`mask` must have the shape of `tokens`, {tokens.shape}; got {mask.shape}.")
     if importance is None:
         lam = schedule.lam(t)
         alpha = checked_alpha(schedule.alpha(t))
