@@ -28,6 +28,7 @@ Progress goes to stderr; < 3 minutes on a CPU.
 
 import dataclasses
 import json
+import pathlib
 import sys
 import time
 
@@ -36,10 +37,13 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import sklearn.datasets
 import tqdm
 import tyro
 import vdmpp as vd
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments.adaptive_schedule import load_data  # noqa: E402  (the same digits subset as the experiment)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +73,6 @@ class MLPDenoiser(eqx.Module):
 
     def __call__(self, z, lam):
         return self.mlp(jnp.concatenate([z, (lam / 10.0)[None]]))
-
-
-def load_data(num_points: int, seed: int) -> jax.Array:
-    """`num_points` distinct scikit-learn digits (8x8, 17 levels), flattened and scaled to (-1, 1)."""
-    digits = sklearn.datasets.load_digits().data.astype(np.int32)
-    _, unique = np.unique(digits, axis=0, return_index=True)
-    rows = np.random.default_rng(seed).choice(np.sort(unique), size=num_points, replace=False)
-    return vd.losses.uint8_to_float(jnp.asarray(digits[rows]), num_levels=17)
 
 
 @eqx.filter_jit
