@@ -9,7 +9,7 @@ import abc
 import functools as ft
 import math
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -85,11 +85,11 @@ def _check_batch(name: str, x: Array, t: Array | None = None, eps: Array | None 
         raise ValueError(f"`eps` must have the shape of `{name}`, {x.shape}; got {eps.shape}.")
 
 
-def _eps_error(denoiser: Callable, x: Array, eps: Array, lam: Array) -> Array:
+def _eps_error(denoiser: Callable, x: Array, eps: Array, lam: Array, *extras: Any) -> Array:
     # ||eps - eps_hat(z_lam; lam)||^2 for one example
     alpha, sigma = vp_alpha_sigma(lam)
     z = alpha * x + sigma * eps
-    eps_hat = denoiser(z, lam)
+    eps_hat = denoiser(z, lam, *extras)
     if eps_hat.shape != x.shape:
         raise ValueError(f"The denoiser must return an array shaped like its input {x.shape}; got {eps_hat.shape}.")
     return jnp.sum((eps - eps_hat) ** 2)
@@ -103,6 +103,7 @@ def weighted_loss_at(
     *,
     schedule: AbstractSchedule,
     weighting: AbstractWeighting,
+    per_example: tuple = (),
     return_aux: bool = False,
 ) -> Float[Array, " batch"] | tuple[Float[Array, " batch"], WeightedLossAux]:
     r"""The integrand of the weighted loss at given times and noise (K&G eq. 5, 7).
@@ -118,6 +119,9 @@ def weighted_loss_at(
         eps: standard normal noise shaped like `x`.
         schedule: the noise schedule (the importance sampler over $\lambda$).
         weighting: $w(\lambda)$.
+        per_example: further per-example arguments of the denoiser, each a pytree with a leading batch axis
+            (e.g. class labels and dropout keys); the denoiser is then called as `denoiser(z, lam, *extras)`
+            on one example (this is how `vdmpp.train.GaussianLoss` passes labels and dropout keys).
         return_aux: also return `WeightedLossAux(lam, values)`.
 
     Returns:
@@ -125,7 +129,7 @@ def weighted_loss_at(
     """
     _check_batch("x", x, t, eps)
     lam = schedule.lam(t)
-    err = jax.vmap(ft.partial(_eps_error, denoiser))(x, eps, lam)
+    err = jax.vmap(ft.partial(_eps_error, denoiser))(x, eps, lam, *per_example)
     w = weighting(lam)
     loss = 0.5 * w / schedule.density(lam) * err
     if return_aux:

@@ -149,7 +149,12 @@ def _edm_coeffs(lam: FloatLike, sigma_data: float):
 def f_to_eps(
     z: Float[Array, "*data"], f_hat: Float[Array, "*data"], lam: FloatLike, sigma_data: float = 0.5
 ) -> Float[Array, "*data"]:
-    r"""EDM's network output $F$ (K&G eq. 118–121, $\tilde\sigma_{data}$) to $\hat\epsilon$."""
+    r"""EDM's network output $F$ to $\hat\epsilon$, with $\hat x = c_{skip}\,\alpha z + c_{out} F$ (K&G eq. 119).
+
+    As printed in K&G (THEORY §3), the skip term is $c_{skip}\,\alpha z$; EDM's own VP code feeds $z/\alpha$.
+    The two give different $F$ targets but the same loss weighting, $(e^{-\lambda}/\tilde\sigma_{data}^2 + 1)^{-1}$
+    (eq. 126), which depends only on $c_{out}$.
+    """
     alpha, _ = vp_alpha_sigma(lam)
     c_skip, c_out = _edm_coeffs(lam, sigma_data)
     x_hat = c_skip * (alpha * z) + c_out * f_hat
@@ -159,7 +164,7 @@ def f_to_eps(
 def eps_to_f(
     z: Float[Array, "*data"], eps_hat: Float[Array, "*data"], lam: FloatLike, sigma_data: float = 0.5
 ) -> Float[Array, "*data"]:
-    r"""$\hat\epsilon$ to EDM's $F = (\hat x - c_{skip} z/\alpha)/c_{out}$."""
+    r"""$\hat\epsilon$ to EDM's $F = (\hat x - c_{skip}\,\alpha z)/c_{out}$ (K&G eq. 120); inverse of `f_to_eps`."""
     alpha, _ = vp_alpha_sigma(lam)
     c_skip, c_out = _edm_coeffs(lam, sigma_data)
     x_hat = eps_to_x(z, eps_hat, lam)

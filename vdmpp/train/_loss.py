@@ -9,13 +9,19 @@ import math
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 
 from .._types import Array, Float, PRNGKeyArray
-from ..losses import AbstractTimeSampler, elbo_bpd, LowDiscrepancy, uint8_to_float, WeightedLossAux
-from ..process import AbstractParameterisation, EpsPrediction, vp_alpha_sigma
+from ..losses import (
+    AbstractTimeSampler,
+    elbo_bpd,
+    LowDiscrepancy,
+    uint8_to_float,
+    weighted_loss_at,
+    WeightedLossAux,
+)
+from ..process import AbstractParameterisation, EpsPrediction
 from ..schedules import AbstractSchedule, LinearLogSNR
 from ..weighting import AbstractWeighting
 
@@ -58,6 +64,19 @@ class _ModelDenoiser(eqx.Module):
 
     def __call__(self, z, lam):
         out = self.model(z, lam, label=None, key=None, inference=True)
+        return self.parameterisation.to_eps(z, out, lam)
+
+
+class _TrainDenoiser(eqx.Module):
+    # (z, lam, label, key) -> eps_hat for one example in training mode (dropout on)
+    model: Any
+    parameterisation: AbstractParameterisation
+    use_labels: bool = eqx.field(static=True)
+
+    def __call__(self, z, lam, label, key):
+        out = self.model(z, lam, label=label if self.use_labels else None, key=key, inference=False)
+        if out.shape != z.shape:
+            raise ValueError(f"The model must return an array shaped like its input {z.shape}; got {out.shape}.")
         return self.parameterisation.to_eps(z, out, lam)
 
 
@@ -129,28 +148,20 @@ class GaussianLoss(AbstractLoss):
         """Per-example weighted loss and `WeightedLossAux(lam, values)` for the schedule update."""
         x = self._scale(batch["x"])
         n = x.shape[0]
-        schedule = self.schedule_at(sched_state)
         tkey, ekey, dkey = jr.split(key, 3)
         t = self.time_sampler(tkey, n, x.dtype)
         eps = jr.normal(ekey, x.shape, x.dtype)
-        lam = schedule.lam(t)
         labels = batch["label"] if self.use_labels else jnp.zeros((n,), jnp.int32)
-        parameterisation = self.parameterisation
-        use_labels = self.use_labels
-
-        def one(xi, ei, li, yi, ki):
-            alpha, sigma = vp_alpha_sigma(li)
-            z = alpha * xi + sigma * ei
-            out = model(z, li, label=yi if use_labels else None, key=ki, inference=False)
-            if out.shape != xi.shape:
-                raise ValueError(f"The model must return an array shaped like its input {xi.shape}; got {out.shape}.")
-            eps_hat = parameterisation.to_eps(z, out, li)
-            return jnp.sum((ei - eps_hat) ** 2)
-
-        err = jax.vmap(one)(x, eps, lam, labels, jr.split(dkey, n))
-        w = self.weighting(lam)
-        loss = 0.5 * w / schedule.density(lam) * err
-        return loss, WeightedLossAux(lam=lam, values=w * err)
+        return weighted_loss_at(
+            _TrainDenoiser(model, self.parameterisation, self.use_labels),
+            x,
+            t,
+            eps,
+            schedule=self.schedule_at(sched_state),
+            weighting=self.weighting,
+            per_example=(labels, jr.split(dkey, n)),
+            return_aux=True,
+        )
 
     def bits_per_dim(self, model: Any, batch: Batch, *, key: PRNGKeyArray, sched_state: Any) -> Float[Array, " batch"]:
         r"""The $-$ELBO in bits/dim (`vdmpp.losses.elbo_bpd`) with the model in inference mode.
