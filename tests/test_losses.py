@@ -179,6 +179,25 @@ def test_weighted_loss_at_formula(getkey):
     np.testing.assert_allclose(np.asarray(aux.values), np.asarray(w(lam) * err), rtol=1e-5)
 
 
+def test_weighted_loss_at_per_example_extras(getkey):
+    """`per_example` arguments reach the denoiser one example at a time: eps_hat_i = c_i * z_i + b_i."""
+    s, w = S.Cosine(lam_min=-15.0, lam_max=15.0), W.ELBO()
+    t = jnp.array([0.2, 0.5, 0.7])
+    eps = jr.normal(getkey(), X.shape)
+    c = jnp.array([0.5, -1.0, 2.0])
+    b = {"shift": jnp.arange(3 * DIM, dtype=jnp.float32).reshape(3, DIM) / 10.0}  # a pytree extra
+    got = L.weighted_loss_at(
+        lambda z, lam, ci, bi: ci * z + bi["shift"], X, t, eps, schedule=s, weighting=w, per_example=(c, b)
+    )
+    lam = np.asarray(s.lam(t), np.float64)
+    a, sg = np.sqrt(scipy.special.expit(lam)), np.sqrt(scipy.special.expit(-lam))
+    x, e = np.asarray(X, np.float64), np.asarray(eps, np.float64)
+    z = a[:, None] * x + sg[:, None] * e
+    err = np.sum((e - (np.asarray(c)[:, None] * z + np.asarray(b["shift"]))) ** 2, axis=1)
+    density = np.asarray(s.density(s.lam(t)), np.float64)
+    np.testing.assert_allclose(np.asarray(got), 0.5 * err / density, rtol=1e-4)
+
+
 def test_weighted_loss_is_deterministic_core(getkey):
     key = getkey()
     s, w = S.Cosine(), W.ELBO()
