@@ -2,12 +2,19 @@
 
     PYTHONPATH=. python benchmarks/adaptive_variance.py        # prints ONE JSON line on stdout
 
-For the ELBO, Sigmoid(2) and EDM-monotonic weightings and three fixed denoisers — the Bayes-optimal
-`EmpiricalDenoiser` of 64 scikit-learn digits, a small untrained `eqx.nn.MLP`, and a `vd.nn.MLP` trained
-for a few thousand steps on all digits (`experiments.adaptive_schedule.train_denoiser`) — the adaptive
-schedule is first calibrated on that denoiser (`vdmpp.adaptive.calibrate`: the training-time update loop
-with the model frozen), both with K&G's rule (`moment=1`, p ∝ E[v] per bin) and the variance-optimal one
-(`moment=2`, p ∝ sqrt(E[v²]) per bin), v = w(λ)‖ε − ε̂‖². The variances are measured on the 64 digits.
+For the ELBO, Sigmoid(2) and EDM-monotonic weightings and four fixed denoisers, each on its data set:
+
+- `oracle`: the Bayes-optimal `EmpiricalDenoiser` of 32 uniform points in [-1, 1]^4 (the data set of the
+  flatness test in tests/test_adaptive.py);
+- `oracle_digits`: the `EmpiricalDenoiser` of 64 scikit-learn digits (64-d) — a hard case for K&G's rule:
+  its error is heavy-tailed where the posterior collapses onto one digit (see docs/concepts/adaptive_schedule.md);
+- `mlp_untrained`: a small untrained `eqx.nn.MLP`, on the 64 digits;
+- `mlp_trained`: a `vd.nn.MLP` trained for a few thousand steps on all digits
+  (`experiments.adaptive_schedule.train_denoiser`), on the 64 digits;
+
+the adaptive schedule is first calibrated on that denoiser (`vdmpp.adaptive.calibrate`: the training-time
+update loop with the model frozen), both with K&G's rule (`moment=1`, p ∝ E[v] per bin) and the
+variance-optimal one (`moment=2`, p ∝ sqrt(E[v²]) per bin), v = w(λ)‖ε − ε̂‖².
 
 The one-sample estimate under a schedule with density p is ℓ = ½ v/p(λ), λ ~ p; its variance given x is
 Var_p[ℓ | x] = ∫ E_ε[v² | x, λ] / (4 p(λ)) dλ − L(x)², with L(x) the (schedule-independent) loss. Both
@@ -57,6 +64,10 @@ class Config:
     """Benchmark settings."""
 
     num_points: int = 64
+    """Digits for the `oracle_digits` and network cases."""
+    small_points: int = 32
+    small_dim: int = 4
+    """The `oracle` case: `small_points` uniform points in [-1, 1]^small_dim (the flatness test's data set)."""
     lam_min: float = -10.0
     lam_max: float = 8.0
     num_bins: int = 100
@@ -114,8 +125,12 @@ def main(cfg: Config) -> dict:
     start = time.time()
     key = jr.key(cfg.seed)
     data = load_data(cfg.num_points, cfg.seed)
+    # the data set of tests/test_adaptive.py's convergence (flatness) test
+    small = jr.uniform(jr.key(1), (cfg.small_points, cfg.small_dim), minval=-1.0, maxval=1.0)
+    datasets = {"oracle": small, "oracle_digits": data, "mlp_untrained": data, "mlp_trained": data}
     denoisers = {
-        "oracle": vd.oracle.EmpiricalDenoiser(data),
+        "oracle": vd.oracle.EmpiricalDenoiser(small),
+        "oracle_digits": vd.oracle.EmpiricalDenoiser(data),
         "mlp_untrained": MLPDenoiser(data.shape[1], cfg.mlp_width, key=jr.fold_in(key, 999)),
         "mlp_trained": train_denoiser(
             load_all_digits(),
@@ -142,7 +157,7 @@ def main(cfg: Config) -> dict:
     for i, (dname, wname) in enumerate(tqdm.tqdm(jobs, desc="adaptive vs cosine", file=sys.stderr)):
         den, w = denoisers[dname], weightings[wname]
         skey, *ckeys = jr.split(jr.fold_in(key, i), 1 + len(schedules))
-        lam, v = stratified_draws(den, data, w, edges, skey, cfg.samples)
+        lam, v = stratified_draws(den, datasets[dname], w, edges, skey, cfg.samples)
         lam32, v = np.asarray(lam), np.asarray(v, np.float64)
         var_c, tot_c, loss = variances(v, np.asarray(cosine.density(lam32), np.float64), width)
         out = dict(loss=loss, var_cosine=var_c, var_total_cosine=tot_c)
@@ -156,7 +171,14 @@ def main(cfg: Config) -> dict:
             out[f"ratio_fixed_point{suffix}"] = variances(v, p[None, :, None], width)[0] / var_c
         for (moment, a), ckey in zip(schedules.items(), ckeys):
             state = vd.adaptive.calibrate(
-                a, a.init(), den, data, weighting=w, key=ckey, num_steps=cfg.calibrate_steps, batch_size=cfg.batch_size
+                a,
+                a.init(),
+                den,
+                datasets[dname],
+                weighting=w,
+                key=ckey,
+                num_steps=cfg.calibrate_steps,
+                batch_size=cfg.batch_size,
             )
             var_a, tot_a, _ = variances(v, np.asarray(a.density(state, lam32), np.float64), width)
             suffix = "" if moment == 1 else "_moment2"

@@ -12,9 +12,7 @@ Writes `samplers.json` and `samplers.png` (atomically) to `--out` (default bench
 import argparse
 import functools as ft
 import json
-import os
 import pathlib
-import tempfile
 import time
 
 import diffrax as dfx
@@ -145,12 +143,7 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    vd.train.save_figure(fig, path)
 
 
 def main() -> None:

@@ -112,7 +112,8 @@ def train_denoiser(
             return jnp.mean(loss)
 
         loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-        updates, opt_state = opt.update(grads, opt_state)
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes float and int32 scalars
+            updates, opt_state = opt.update(grads, opt_state)
         return eqx.apply_updates(model, updates), opt_state, loss
 
     bar = tqdm.trange(steps, desc="training the MLP denoiser")

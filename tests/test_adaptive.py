@@ -383,10 +383,13 @@ def _bin_average_target(data, key, weighting, lam_min, lam_max, num_bins):
     return v.mean(axis=1), v.std(axis=1) / math.sqrt(m), jnp.mean(v**2, axis=1)
 
 
-def test_converges_to_flat_importance_weights():
+@pytest.mark.parametrize(
+    "w", [vd.weighting.Sigmoid(k=2.0), vd.weighting.ELBO(), vd.weighting.EDMMonotonic()], ids=lambda w: type(w).__name__
+)
+def test_converges_to_flat_importance_weights(w):
+    # acceptance 5 (first half); the same data set is the oracle case of benchmarks/adaptive_variance.py
     data = jr.uniform(jr.key(1), (32, 4), minval=-1.0, maxval=1.0)
     a = vd.adaptive.AdaptiveSchedule(**_CONV)
-    w = vd.weighting.Sigmoid(k=2.0)
     den = vd.oracle.EmpiricalDenoiser(data)
     state = vd.adaptive.calibrate(
         a, a.init(), den, data, weighting=w, key=jr.key(2), num_steps=_CONV_STEPS, batch_size=_CONV_BATCH

@@ -3,11 +3,10 @@
 import argparse
 import json
 import math
-import os
 import pathlib
-import tempfile
 
 import numpy as np
+import vdmpp as vd
 
 
 def out_dir(name: str, description: str) -> pathlib.Path:
@@ -36,25 +35,12 @@ def _clean(obj):
     return obj
 
 
-def _atomic(path: pathlib.Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results should be readable like any other output
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_json(path: pathlib.Path, obj) -> None:
     """Write `obj` as indented JSON, atomically (NaN/inf become strings)."""
     text = json.dumps(_clean(obj), indent=2, allow_nan=False).encode()
-    _atomic(path, lambda f: f.write(text))
+    vd.train.atomic_write_bytes(path, text)
 
 
 def save_fig(fig, path: pathlib.Path) -> None:
-    """Save a matplotlib figure as PNG, atomically."""
-    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    """Save a matplotlib figure as PNG, atomically (and close it)."""
+    vd.train.save_figure(fig, path)

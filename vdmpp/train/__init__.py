@@ -14,6 +14,7 @@ from ._metrics import (
     atomic_write_json as atomic_write_json,
     image_grid as image_grid,
     MetricsLogger as MetricsLogger,
+    save_figure as save_figure,
     save_png as save_png,
 )
 from ._sharding import (

@@ -6,7 +6,7 @@ owns the noise-schedule state it may learn (the adaptive schedule of K&G §3.2, 
 
 import abc
 import math
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -152,7 +152,7 @@ class GaussianLoss(AbstractLoss):
         t = self.time_sampler(tkey, n, x.dtype)
         eps = jr.normal(ekey, x.shape, x.dtype)
         labels = batch["label"] if self.use_labels else jnp.zeros((n,), jnp.int32)
-        return weighted_loss_at(
+        out = weighted_loss_at(
             _TrainDenoiser(model, self.parameterisation, self.use_labels),
             x,
             t,
@@ -162,6 +162,7 @@ class GaussianLoss(AbstractLoss):
             per_example=(labels, jr.split(dkey, n)),
             return_aux=True,
         )
+        return cast(tuple[Array, WeightedLossAux], out)
 
     def bits_per_dim(self, model: Any, batch: Batch, *, key: PRNGKeyArray, sched_state: Any) -> Float[Array, " batch"]:
         r"""The $-$ELBO in bits/dim (`vdmpp.losses.elbo_bpd`) with the model in inference mode.
