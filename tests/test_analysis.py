@@ -2,7 +2,6 @@
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -204,15 +203,9 @@ def test_inspect_bad_args():
 # --- kl_path and Theorem 1 ----------------------------------------------------------------------
 
 
-class WienerDenoiser(eqx.Module):
+def wiener(var: float, dim: int):
     """The optimal eps-denoiser for Gaussian data N(0, var I): a deliberately imperfect denoiser here."""
-
-    var: float
-
-    def __call__(self, z, lam):
-        alpha, sigma = vd.process.vp_alpha_sigma(lam)
-        x_hat = alpha * self.var * z / (alpha**2 * self.var + sigma**2)
-        return (z - alpha * x_hat) / sigma
+    return vd.oracle.GaussianMixture(jnp.zeros((1, dim)), math.sqrt(var)).denoiser
 
 
 def test_kl_path_oracle_matches_low_bit_information():
@@ -242,7 +235,7 @@ def test_theorem1_difference_between_denoisers(weighting):
     # Acceptance 4 (fast): Delta L_w (weighted_loss MC) = Delta theorem1_rhs (kl_path), within MC error.
     data = jnp.array([[-0.8, 0.3], [0.5, -0.6], [0.9, 0.9]])
     lam_min, lam_max = -6.0, 6.0
-    good, bad = vd.oracle.EmpiricalDenoiser(data), WienerDenoiser(var=0.3)
+    good, bad = vd.oracle.EmpiricalDenoiser(data), wiener(0.3, data.shape[1])
     lams = jnp.linspace(lam_min, lam_max, 241)
     sched = vd.schedules.Cosine(lam_min=lam_min, lam_max=lam_max)
     reps = 3000
@@ -268,10 +261,10 @@ def test_theorem1_difference_between_denoisers(weighting):
 
 def test_kl_path_bad_grid():
     with pytest.raises(ValueError, match="increasing"):
-        kl_path(WienerDenoiser(1.0), jnp.zeros((2, 1)), jnp.array([1.0, 0.0]), key=jr.key(0))
+        kl_path(wiener(1.0, 1), jnp.zeros((2, 1)), jnp.array([1.0, 0.0]), key=jr.key(0))
 
 
 def test_theorem1_rhs_jit_consistent():
-    path = kl_path(WienerDenoiser(0.5), jnp.ones((2, 3)), jnp.linspace(-3.0, 3.0, 31), key=jr.key(3), num_samples=4)
+    path = kl_path(wiener(0.5, 3), jnp.ones((2, 3)), jnp.linspace(-3.0, 3.0, 31), key=jr.key(3), num_samples=4)
     w = vd.weighting.Sigmoid(k=1.0)
     assert np.allclose(jax.jit(theorem1_rhs)(path, w), theorem1_rhs(path, w), rtol=1e-5)

@@ -25,17 +25,6 @@ from _common import out_dir, save_fig, save_json
 # --- Gaussian --------------------------------------------------------------------------------
 
 
-class Wiener(eqx.Module):
-    """eps-denoiser optimal for Gaussian data N(0, var I)."""
-
-    var: float
-
-    def __call__(self, z, lam):
-        alpha, sigma = vd.process.vp_alpha_sigma(lam)
-        x_hat = alpha * self.var * z / (alpha**2 * self.var + sigma**2)
-        return (z - alpha * x_hat) / sigma
-
-
 class Blend(eqx.Module):
     """Average of two eps-denoisers."""
 
@@ -49,7 +38,8 @@ class Blend(eqx.Module):
 def gaussian_part(record, axes):
     data = jnp.array([[-0.8, 0.3], [0.5, -0.6], [0.9, 0.9], [-0.2, -0.9], [0.1, 0.6], [-0.6, -0.4]])
     exact = vd.oracle.EmpiricalDenoiser(data)
-    wiener = Wiener(var=float(jnp.var(data)))
+    # the optimal (Wiener) denoiser for Gaussian data N(0, var I): imperfect for the finite data set
+    wiener = vd.oracle.GaussianMixture(jnp.zeros((1, data.shape[1])), float(jnp.std(data))).denoiser
     dens = {"exact": exact, "blend (exact+wiener)/2": Blend(exact, wiener), "wiener": wiener}
     sched = vd.schedules.Cosine(lam_min=-8.0, lam_max=8.0)
     reps, T = 600, 32

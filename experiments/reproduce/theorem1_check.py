@@ -8,7 +8,6 @@ that would be optimal for Gaussian data of the same variance. Weightings: monoto
 
 import math
 
-import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import matplotlib
@@ -22,22 +21,13 @@ from _common import out_dir, save_fig, save_json
 from vdmpp.analysis import kl_path, theorem1_rhs
 
 
-class WienerDenoiser(eqx.Module):
-    """eps-denoiser that is optimal for Gaussian data N(0, var I) (imperfect for the real data)."""
-
-    var: float
-
-    def __call__(self, z, lam):
-        alpha, sigma = vd.process.vp_alpha_sigma(lam)
-        x_hat = alpha * self.var * z / (alpha**2 * self.var + sigma**2)
-        return (z - alpha * x_hat) / sigma
-
-
 def main() -> None:
     out = out_dir("theorem1_check", __doc__)
     data = jnp.array([[-0.8, 0.3], [0.5, -0.6], [0.9, 0.9], [-0.2, -0.9]])
     lam_min, lam_max = -8.0, 8.0
-    denoisers = {"exact": vd.oracle.EmpiricalDenoiser(data), "wiener": WienerDenoiser(var=float(jnp.var(data)))}
+    # the optimal (Wiener) denoiser for Gaussian data N(0, var I): imperfect for these 4 points
+    wiener = vd.oracle.GaussianMixture(jnp.zeros((1, data.shape[1])), float(jnp.std(data))).denoiser
+    denoisers = {"exact": vd.oracle.EmpiricalDenoiser(data), "wiener": wiener}
     weightings = {
         "ELBO": vd.weighting.ELBO(),
         "sigmoid(k=2)": vd.weighting.Sigmoid(k=2.0),

@@ -5,6 +5,8 @@ right side: `vdmpp.analysis.theorem1_rhs` on `kl_path` over a lambda grid. Both 
 draws, so they agree up to quadrature error, for any schedule, weighting (monotone or not) and denoiser.
 """
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -15,19 +17,10 @@ import vdmpp as vd
 from hypothesis import given, settings, strategies as st
 
 
-class Shrink(eqx.Module):
-    """An imperfect eps-denoiser: the Gaussian-data (Wiener) denoiser for variance `var`."""
-
-    var: float
-
-    def __call__(self, z, lam):
-        alpha, sigma = vd.process.vp_alpha_sigma(lam)
-        x_hat = alpha * self.var * z / (alpha**2 * self.var + sigma**2)
-        return (z - alpha * x_hat) / sigma
-
-
 DATA = jnp.array([[-0.7, 0.2], [0.4, -0.5], [0.8, 0.9]])
 LAM_MIN, LAM_MAX = -6.0, 6.0
+# an imperfect eps-denoiser: the optimal (Wiener) one for Gaussian data N(0, 0.4 I)
+SHRINK = vd.oracle.GaussianMixture(jnp.zeros((1, DATA.shape[1])), math.sqrt(0.4)).denoiser
 WEIGHTINGS = [vd.weighting.ELBO(), vd.weighting.Sigmoid(k=2.0), vd.weighting.EDM(), vd.weighting.IDDPM()]
 SCHEDULES = [vd.schedules.Cosine(LAM_MIN, LAM_MAX), vd.schedules.LinearLogSNR(LAM_MIN, LAM_MAX)]
 NUM_T = 2000
@@ -52,7 +45,7 @@ def _lhs(den, eps, schedule, weighting):
     seed=st.integers(0, 2**16),
 )
 def test_theorem1(w_idx, s_idx, oracle, seed):
-    den = vd.oracle.EmpiricalDenoiser(DATA) if oracle else Shrink(var=0.4)
+    den = vd.oracle.EmpiricalDenoiser(DATA) if oracle else SHRINK
     weighting = WEIGHTINGS[w_idx]
     key = jr.key(seed)
     eps = jr.normal(key, (1,) + DATA.shape)
