@@ -9,18 +9,20 @@ p_lambda.png (adaptive schedule), samples.png and checkpoints/. `--resume` conti
 
 import dataclasses
 import math
-import os
 import pathlib
 import sys
 from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import tyro
 import vdmpp as vd
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _launch  # noqa: E402  (plumbing shared with train_masked.py)
+from experiments._launch import RunConfig  # noqa: E402
 
 
 Weighting = Literal[
@@ -31,27 +33,13 @@ Param = Literal["eps", "x", "v", "f", "o"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     """Hyperparameters of one run (names here; the objects are built in `build_*` below)."""
 
-    workdir: str
-    """Output folder (metrics, plots, samples, checkpoints)."""
     data: str = "digits"
     """A vdmpp.data name (digits, mnist, fashion_mnist) or a path (image folder, .npy/.npz, CIFAR batches)."""
-    steps: int = 3000
-    seed: int = 0
-    checkpoint_every: int = 500
-    resume: bool = False
-    """Continue from the latest checkpoint in WORKDIR/checkpoints."""
     demo: bool = False
     """The `make demo` preset (a few minutes on 2 CPU cores); explicit flags still win."""
-    batch_size: int = 128
-    """Global batch size (split over processes and devices)."""
-    lr: float = 2e-3
-    warmup: int = 100
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    ema_decay: float = 0.999
-    accum_steps: int = 1
     weighting: Weighting = "sigmoid"
     weighting_param: float = 2.0
     """k of sigmoid, gamma of p2 / min_snr (ignored otherwise)."""
@@ -74,21 +62,6 @@ class Config:
     unet_channels: int = 32
     unet_mults: tuple[int, ...] = (1, 2)
     unet_res_blocks: int = 1
-    fsdp: int = 1
-    """Size of the mesh's fsdp axis (1: pure data parallelism)."""
-    eval_every: int = 500
-    eval_examples: int = 0
-    """Test examples for the periodic bits/dim (0: all)."""
-    sample_every: int = 0
-    num_samples: int = 64
-    sample_steps: int = 250
-    distributed: bool = False
-    """Call jax.distributed.initialize() first (multi-host; cluster environments are detected)."""
-    coordinator_address: str | None = None
-    """host:port of process 0, where the cluster is not detected automatically (with --distributed)."""
-    num_processes: int | None = None
-    process_id: int | None = None
-    progress: bool = True
 
 
 DEMO = dict(
@@ -201,54 +174,25 @@ def ancestral_samples(model, parameterisation, key, *, shape, num: int, num_step
 
 def config_record(cfg: Config) -> dict:
     """The JSON record saved with every checkpoint; its sections are compared on --resume."""
-    d = dataclasses.asdict(cfg)
-    section = {
-        "model": (
-            "model",
-            "width",
-            "depth",
-            "emb_dim",
-            "dropout",
-            "parameterisation",
-            "lam_min",
-            "lam_max",
-            "unet_channels",
-            "unet_mults",
-            "unet_res_blocks",
-        ),
-        "loss": ("weighting", "weighting_param", "schedule", "schedule_shift", "adaptive_bins", "adaptive_decay"),
-        "data": ("data", "batch_size", "seed"),
-        "optimizer": ("lr", "warmup", "lr_schedule", "steps", "ema_decay", "accum_steps"),
-    }
-    out = {name: {k: d[k] for k in keys} for name, keys in section.items()}
-    out["run"] = {k: v for k, v in d.items() if not any(k in keys for keys in section.values())}
-    return out
+    model = ("model", "width", "depth", "emb_dim", "dropout", "parameterisation", "lam_min", "lam_max")
+    model += ("unet_channels", "unet_mults", "unet_res_blocks")
+    loss = ("weighting", "weighting_param", "schedule", "schedule_shift", "adaptive_bins", "adaptive_decay")
+    return _launch.config_record(cfg, model=model, loss=loss)
 
 
 def apply_demo(cfg: Config) -> Config:
     """Fill in the demo preset for every field the user left at its default."""
-    if not cfg.demo:
-        return cfg
-    default = Config(workdir=cfg.workdir)
-    return dataclasses.replace(cfg, **{k: v for k, v in DEMO.items() if getattr(cfg, k) == getattr(default, k)})
+    return _launch.with_preset(cfg, DEMO)
 
 
 def main(cfg: Config) -> dict:
     """Build everything from `cfg`, train, and print where the outputs are."""
-    if cfg.distributed:
-        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    _launch.init_distributed(cfg)
     cfg = apply_demo(cfg)
     data = vd.data.load(cfg.data)
     if data.kind != "image" or data.num_levels is None:
         raise ValueError(f"`--data` must be an integer image data set for train_gaussian.py; got kind {data.kind!r}.")
-    nproc = jax.process_count()
-    if cfg.batch_size % nproc:
-        raise ValueError(f"`--batch-size` ({cfg.batch_size}) must be divisible by the process count ({nproc}).")
-    if cfg.batch_size > data.train.shape[0]:
-        raise ValueError(
-            f"`--batch-size` ({cfg.batch_size}) is larger than the training set of {cfg.data} "
-            f"({data.train.shape[0]} examples); use at most {data.train.shape[0]}."
-        )
+    _launch.check_batch_size(cfg, data.train.shape[0])
     if cfg.lam_max is None:
         cfg = dataclasses.replace(cfg, lam_max=round(2.0 * math.log(data.num_levels) + 0.5, 3))
     assert cfg.lam_max is not None
@@ -259,28 +203,7 @@ def main(cfg: Config) -> dict:
     loss = vd.train.GaussianLoss(
         build_weighting(cfg), build_schedule(cfg), parameterisation=parameterisation, num_levels=data.num_levels
     )
-    kind = vd.train.WarmupCosine() if cfg.lr_schedule == "cosine" else vd.train.WarmupConstant()
-    optimizer = vd.train.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, kind)
-    dataset = vd.data.pipeline(
-        data.train,
-        batch_size=cfg.batch_size // nproc,
-        seed=cfg.seed,
-        shuffle=True,
-        num_epochs=None,
-        shard_index=jax.process_index(),
-        shard_count=nproc,
-    )
-    loop = vd.train.LoopConfig(
-        steps=cfg.steps,
-        checkpoint_every=cfg.checkpoint_every,
-        eval_every=cfg.eval_every,
-        sample_every=cfg.sample_every,
-        ema_decay=cfg.ema_decay,
-        accum_steps=cfg.accum_steps,
-        fsdp=cfg.fsdp,
-        eval_examples=cfg.eval_examples,
-        progress=cfg.progress,
-    )
+    optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
     shape, levels = data.example_shape, data.num_levels
 
     def sampler(ema_model, sched_state, key):
@@ -310,20 +233,11 @@ def main(cfg: Config) -> dict:
         num_levels=levels,
         sampler=sampler,
     )
-    if jax.process_index() == 0:
-        out = pathlib.Path(cfg.workdir).absolute()
-        uniform = float(np.log2(levels))
-        bpd = summary["test_bpd"]
-        print(f"\ntest bits/dim (-ELBO, EMA model): {bpd:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})")
-        print(f"outputs in {out}:")
-        for name in summary.get("files", []) + ["summary.json", "tb/"]:
-            print(f"  {out / name}")
+    bpd, uniform = summary["test_bpd"], float(np.log2(levels))
+    headline = f"test bits/dim (-ELBO, EMA model): {bpd:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})"
+    _launch.print_outputs(cfg.workdir, summary, headline)
     return summary
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-    main(tyro.cli(Config, args=sys.argv[1:]))
+    _launch.run(main, Config)

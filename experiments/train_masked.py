@@ -9,38 +9,30 @@ samples.png (images) or samples.txt (text) and checkpoints/. `--resume` continue
 """
 
 import dataclasses
-import os
 import pathlib
 import sys
 from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.random as jr
 import numpy as np
-import tyro
 import vdmpp as vd
 
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _launch  # noqa: E402  (plumbing shared with train_gaussian.py)
+from experiments._launch import RunConfig  # noqa: E402
+
+
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     """Hyperparameters of one run (names here; the objects are built in `build_*` below)."""
 
-    workdir: str
     data: str = "digits"
     """A vdmpp.data name (digits, mnist) or a path (text file, image folder, .npy/.npz)."""
-    steps: int = 3000
-    seed: int = 0
-    checkpoint_every: int = 500
-    resume: bool = False
-    demo: bool = False
-    """A preset that runs in a few minutes on 2 CPU cores; explicit flags still win."""
     batch_size: int = 64
+    """Global batch size (split over processes and devices)."""
     lr: float = 1e-3
-    warmup: int = 100
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    ema_decay: float = 0.999
-    accum_steps: int = 1
     schedule: Literal["linear", "cosine", "polynomial", "geometric"] = "linear"
     schedule_param: float = 2.0
     """k of polynomial (ignored otherwise)."""
@@ -53,19 +45,8 @@ class Config:
     depth: int = 3
     num_heads: int = 4
     dropout: float = 0.0
-    fsdp: int = 1
-    eval_every: int = 500
-    eval_examples: int = 0
-    sample_every: int = 0
     num_samples: int = 36
     sample_steps: int = 64
-    distributed: bool = False
-    """Call jax.distributed.initialize() first (multi-host; cluster environments are detected)."""
-    coordinator_address: str | None = None
-    """host:port of process 0, where the cluster is not detected automatically (with --distributed)."""
-    num_processes: int | None = None
-    process_id: int | None = None
-    progress: bool = True
 
 
 DEMO = dict(steps=1500, eval_every=500, checkpoint_every=500, lr=2e-3, ema_decay=0.995, depth=2)
@@ -124,41 +105,23 @@ class _Den(eqx.Module):
 
 def config_record(cfg: Config) -> dict:
     """The JSON record saved with every checkpoint; its sections are compared on --resume."""
-    d = dataclasses.asdict(cfg)
-    section = {
-        "model": ("dim", "depth", "num_heads", "dropout"),
-        "loss": ("schedule", "schedule_param", "weighting", "weighting_param", "importance"),
-        "data": ("data", "batch_size", "seed"),
-        "optimizer": ("lr", "warmup", "lr_schedule", "steps", "ema_decay", "accum_steps"),
-    }
-    out = {name: {k: d[k] for k in keys} for name, keys in section.items()}
-    out["run"] = {k: v for k, v in d.items() if not any(k in keys for keys in section.values())}
-    return out
+    model = ("dim", "depth", "num_heads", "dropout")
+    loss = ("schedule", "schedule_param", "weighting", "weighting_param", "importance")
+    return _launch.config_record(cfg, model=model, loss=loss)
 
 
 def apply_demo(cfg: Config) -> Config:
     """Fill in the demo preset for every field the user left at its default."""
-    if not cfg.demo:
-        return cfg
-    default = Config(workdir=cfg.workdir)
-    return dataclasses.replace(cfg, **{k: v for k, v in DEMO.items() if getattr(cfg, k) == getattr(default, k)})
+    return _launch.with_preset(cfg, DEMO)
 
 
 def main(cfg: Config) -> dict:
     """Build everything from `cfg`, train, and print where the outputs are."""
-    if cfg.distributed:
-        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    _launch.init_distributed(cfg)
     cfg = apply_demo(cfg)
     data = vd.data.load(cfg.data)
     train, test, vocab = tokens_of(data)
-    nproc = jax.process_count()
-    if cfg.batch_size % nproc:
-        raise ValueError(f"`--batch-size` ({cfg.batch_size}) must be divisible by the process count ({nproc}).")
-    if cfg.batch_size > train.shape[0]:
-        raise ValueError(
-            f"`--batch-size` ({cfg.batch_size}) is larger than the training set of {cfg.data} "
-            f"({train.shape[0]} examples); use at most {train.shape[0]}."
-        )
+    _launch.check_batch_size(cfg, train.shape[0])
     example_shape = tuple(train.shape[1:])
     key = jr.key(cfg.seed)
     mkey, tkey = jr.split(key)
@@ -173,28 +136,7 @@ def main(cfg: Config) -> dict:
     )
     schedule = build_schedule(cfg)
     loss = vd.train.MaskedLoss(schedule, build_weighting(cfg), mask_id=vocab, importance=build_importance(cfg))
-    kind = vd.train.WarmupCosine() if cfg.lr_schedule == "cosine" else vd.train.WarmupConstant()
-    optimizer = vd.train.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, kind)
-    dataset = vd.data.pipeline(
-        train,
-        batch_size=cfg.batch_size // nproc,
-        seed=cfg.seed,
-        shuffle=True,
-        num_epochs=None,
-        shard_index=jax.process_index(),
-        shard_count=nproc,
-    )
-    loop = vd.train.LoopConfig(
-        steps=cfg.steps,
-        checkpoint_every=cfg.checkpoint_every,
-        eval_every=cfg.eval_every,
-        sample_every=cfg.sample_every,
-        ema_decay=cfg.ema_decay,
-        accum_steps=cfg.accum_steps,
-        fsdp=cfg.fsdp,
-        eval_examples=cfg.eval_examples,
-        progress=cfg.progress,
-    )
+    optimizer, dataset, loop = _launch.training_setup(cfg, train)
     is_image = data.kind == "image"
     vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 
@@ -219,21 +161,12 @@ def main(cfg: Config) -> dict:
         num_levels=vocab,
         sampler=sampler,
     )
-    out = pathlib.Path(cfg.workdir).absolute()
-    if jax.process_index() == 0:
-        print(
-            f"\ntest bits per token (-ELBO, EMA model): {summary['test_bpd']:.3f}  (uniform: log2({vocab}) = "
-            f"{np.log2(vocab):.2f})"
-        )
-        print(f"outputs in {out}:")
-        for name in summary.get("files", []) + ["summary.json", "tb/"]:
-            print(f"  {out / name}")
+    uniform = f"uniform: log2({vocab}) = {np.log2(vocab):.2f}"
+    _launch.print_outputs(
+        cfg.workdir, summary, f"test bits per token (-ELBO, EMA model): {summary['test_bpd']:.3f}  ({uniform})"
+    )
     return summary
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", cache)
-    main(tyro.cli(Config, args=sys.argv[1:]))
+    _launch.run(main, Config)
