@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@bash scripts/install_system_data.sh || true
 	@touch $(STAMP)
 
+# A fresh run each time (training refuses a workdir that already holds checkpoints, unless --resume).
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(BIN)/python experiments/train_gaussian.py --workdir runs/demo --data digits --demo
 
 test: $(STAMP)
