@@ -56,7 +56,7 @@ import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments.adaptive_schedule import load_all_digits, load_data, train_denoiser  # noqa: E402
+from experiments.adaptive_schedule import load_data, train_denoiser  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +133,7 @@ def main(cfg: Config) -> dict:
         "oracle_digits": vd.oracle.EmpiricalDenoiser(data),
         "mlp_untrained": MLPDenoiser(data.shape[1], cfg.mlp_width, key=jr.fold_in(key, 999)),
         "mlp_trained": train_denoiser(
-            load_all_digits(),
-            steps=cfg.train_steps,
-            lam_min=cfg.lam_min,
-            lam_max=cfg.lam_max,
-            key=jr.fold_in(key, 998),
+            steps=cfg.train_steps, lam_min=cfg.lam_min, lam_max=cfg.lam_max, key=jr.fold_in(key, 998)
         ),
     }
     weightings = {
