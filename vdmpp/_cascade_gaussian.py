@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax.core import Tracer  # pyright: ignore[reportAttributeAccessIssue]
 
+from ._misc import check_positive_int, concrete
 from ._types import Array, ArrayLike, Float, PRNGKeyArray
 from .losses import prior_kl
 from .oracle import EmpiricalDenoiser
@@ -57,14 +57,10 @@ def check_weights(weights, num_steps: int) -> Array:
     weights = jnp.asarray(weights)
     if weights.shape != (num_steps,):
         raise ValueError(f"`weights` must have shape ({num_steps},) (one per step); got {weights.shape}.")
-    if not isinstance(weights, Tracer) and np.any(np.asarray(weights) < 0):
+    values = concrete(weights)
+    if values is not None and np.any(values < 0):
         raise ValueError("`weights` must be non-negative (Theorem 2 needs w_i >= 0).")
     return weights.astype(jnp.float32)
-
-
-def _check_steps(num_steps) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
 
 
 def _row_log_posterior(oracle: EmpiricalDenoiser, x: Array, z: Array, lam: Array) -> Array:
@@ -118,7 +114,7 @@ def gaussian_cascade_terms_at(
         schedule: the noise schedule (finite $\lambda_{min}, \lambda_{max}$).
         num_steps: $T$.
     """
-    _check_steps(num_steps)
+    check_positive_int(num_steps, "num_steps")
     x, eps = jnp.asarray(x), jnp.asarray(eps)
     if x.ndim < 2 or eps.shape != x.shape:
         raise ValueError(f"`x` must be (batch, *data) and `eps` shaped like it; got {x.shape}, {eps.shape}.")

@@ -18,19 +18,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 
+from ._misc import concrete
 from ._types import Array, Float, FloatScalarLike, PRNGKeyArray
 from .process import vp_alpha_sigma
-
-
-def _is_concrete(x) -> bool:
-    # value checks only when the value is known (not while tracing)
-    try:
-        np.asarray(x)
-    except jax.errors.TracerArrayConversionError:
-        return False
-    return True
 
 
 class GaussianMixture(eqx.Module):
@@ -71,9 +62,9 @@ class GaussianMixture(eqx.Module):
         weights = jnp.asarray(weights, dtype=means.dtype)
         if weights.shape != (k,):
             raise ValueError(f"`weights` must be shaped (K,)=({k},); got shape {weights.shape}.")
-        if _is_concrete(scales) and not bool(jnp.all(scales > 0)):
+        if concrete(scales) is not None and not bool(jnp.all(scales > 0)):
             raise ValueError(f"`scales` must be positive; got {scales}.")
-        if _is_concrete(weights) and not bool(jnp.all(weights > 0)):
+        if concrete(weights) is not None and not bool(jnp.all(weights > 0)):
             raise ValueError(f"`weights` must be positive; got {weights}.")
         self.means = means
         self.scales = scales

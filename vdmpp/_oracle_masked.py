@@ -9,8 +9,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer  # pyright: ignore[reportAttributeAccessIssue]
 
+from ._misc import concrete
 from ._types import Array, ArrayLike, Float, FloatScalarLike, Int
 
 
@@ -41,7 +41,7 @@ class EmpiricalMaskedDenoiser(eqx.Module):
             raise ValueError(f"`vocab_size` must be a positive int; got {vocab_size!r}.")
         if not isinstance(mask_id, (int, np.integer)) or mask_id < 0:
             raise ValueError(f"`mask_id` must be a non-negative int; got {mask_id!r}.")
-        if not isinstance(data, Tracer):  # traced data (inside jit) cannot be checked here
+        if concrete(data) is not None:  # traced data (inside jit) cannot be checked here
             arr = np.asarray(data)
             if arr.min() < 0 or arr.max() >= vocab_size:
                 raise ValueError(f"`data` ids must lie in [0, {vocab_size}); got [{arr.min()}, {arr.max()}].")

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from ._misc import as_float
 from ._types import Array, ArrayLike, Float, FloatLike, PRNGKeyArray
 from .losses import AbstractTimeSampler, LowDiscrepancy, weighted_loss
 from .schedules import AbstractSchedule
@@ -66,13 +67,6 @@ class AdaptiveState(eqx.Module):
     """
 
     ema: Float[Array, " num_bins"]
-
-
-def _as_float(x: FloatLike) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
 
 
 class BoundAdaptiveSchedule(AbstractSchedule):
@@ -224,7 +218,7 @@ class AdaptiveSchedule(eqx.Module):
 
     def bin_index(self, lam: FloatLike) -> Array:
         r"""The bin of each $\lambda$ (0 at $\lambda_{min}$), clipped into $[0, \mathrm{num\_bins} - 1]$."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         pos = (lam - self.lam_min) / (self.lam_max - self.lam_min) * self.num_bins
         safe = jnp.where(jnp.isfinite(pos), pos, 0.0)
         return jnp.clip(jnp.floor(safe), 0, self.num_bins - 1).astype(jnp.int32)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from ._misc import check_positive_int, concrete
 from ._types import Array, Float, Int, PRNGKeyArray, Shaped
 from .process import vp_alpha_sigma
 from .schedules import AbstractSchedule
@@ -188,7 +189,7 @@ def discrete_loss_at(
     $\ell = \tfrac{T}{2}\,\mathrm{expm1}(\lambda_s - \lambda_t)\,\|\epsilon - \hat\epsilon(z_t; \lambda_t)\|^2$ with
     $s = (i-1)/T$, $t = i/T$.
     """
-    _check_num_steps(num_steps)
+    check_positive_int(num_steps, "num_steps")
     _check_batch("x", x, None, eps)
     i = jnp.asarray(i)
     t = i.astype(x.dtype) / num_steps
@@ -213,18 +214,13 @@ def discrete_loss(
     [\mathrm{expm1}(\lambda_s - \lambda_t)\|\epsilon - \hat\epsilon(z_t)\|^2]$;
     $L_T \to L_\infty$ as $T \to \infty$.
     """
-    _check_num_steps(num_steps)
+    check_positive_int(num_steps, "num_steps")
     _check_batch("x", x)
     tkey, ekey = jr.split(key)
     u = time_sampler(tkey, x.shape[0], x.dtype)
     i = jnp.clip(jnp.floor(u * num_steps).astype(jnp.int32) + 1, 1, num_steps)
     eps = jr.normal(ekey, x.shape, x.dtype)
     return discrete_loss_at(denoiser, x, i, eps, schedule=schedule, num_steps=num_steps)
-
-
-def _check_num_steps(num_steps) -> None:
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
 
 
 # --- the full -ELBO for discrete data (VDM; THEORY §6) ----------------------------------------
@@ -298,12 +294,9 @@ def _check_levels(x_int, num_levels: int) -> Array:
         )
     if jnp.ndim(x_int) < 2:
         raise ValueError(f"`x_uint8` must be a batch shaped (batch, *data); got shape {jnp.shape(x_int)}.")
-    try:
-        concrete = np.asarray(x_int)
-    except jax.errors.TracerArrayConversionError:
-        concrete = None
-    if concrete is not None:
-        lo, hi = int(concrete.min()), int(concrete.max())
+    values = concrete(x_int)
+    if values is not None:
+        lo, hi = int(values.min()), int(values.max())
         x_int = jnp.asarray(x_int)
         if lo < 0 or hi >= num_levels:
             raise ValueError(

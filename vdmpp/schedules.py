@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special as jss
 
+from ._misc import as_float
 from ._types import Array, Float, FloatLike
 
 
@@ -88,7 +89,7 @@ class AbstractSchedule(eqx.Module):
 
         $\lambda(0) = \lambda_{max}$ and $\lambda(1) = \lambda_{min}$.
         """
-        t = _as_float(t)
+        t = as_float(t)
         t0, c1, width = self._t0_t1(t.dtype)
         u = t0 + width * t
         v = c1 + width * (1 - t)
@@ -102,7 +103,7 @@ class AbstractSchedule(eqx.Module):
 
     def t(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Inverse map $\tilde f^{-1}(\lambda) = (f^{-1}(\lambda) - t_0)/(t_1 - t_0)$."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         t0, c1, width = self._t0_t1(lam.dtype)
         u = self._u(lam)
         v = self._v(lam)
@@ -111,7 +112,7 @@ class AbstractSchedule(eqx.Module):
 
     def density(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Density $\tilde p(\lambda) = p(\lambda)/(t_1 - t_0)$ on $[\lambda_{min}, \lambda_{max}]$, 0 outside."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         _, _, width = self._t0_t1(lam.dtype)
         lo = jnp.asarray(self.lam_min, lam.dtype)
         hi = jnp.asarray(self.lam_max, lam.dtype)
@@ -126,13 +127,6 @@ class AbstractSchedule(eqx.Module):
         lam = self.lam(t)
         _, _, width = self._t0_t1(lam.dtype)
         return -width / self._density(lam)
-
-
-def _as_float(x: FloatLike) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
 
 
 def _log_sech(x: Array) -> Array:

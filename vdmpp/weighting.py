@@ -14,18 +14,12 @@ import jax.numpy as jnp
 import jax.scipy.special as jss
 import numpy as np
 
+from ._misc import as_float
 from ._types import Array, Float, FloatLike
 
 
 def _log_sech(x: Array) -> Array:
     return math.log(2.0) - jnp.logaddexp(x, -x)
-
-
-def _as_float(x: FloatLike) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
 
 
 def _check_finite(name: str, arg: str, value) -> None:
@@ -46,7 +40,7 @@ class AbstractWeighting(eqx.Module):
 
     def __call__(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""$w(\lambda)$."""
-        return jnp.exp(self.log_weight(_as_float(lam)))
+        return jnp.exp(self.log_weight(as_float(lam)))
 
 
 class ELBO(AbstractWeighting):
@@ -54,7 +48,7 @@ class ELBO(AbstractWeighting):
 
     def log_weight(self, lam):
         """$\\log w = 0$."""
-        return jnp.zeros_like(_as_float(lam))
+        return jnp.zeros_like(as_float(lam))
 
 
 class IDDPM(AbstractWeighting):
@@ -62,7 +56,7 @@ class IDDPM(AbstractWeighting):
 
     def log_weight(self, lam):
         """$\\log\\mathrm{sech}(\\lambda/2)$."""
-        return _log_sech(0.5 * _as_float(lam))
+        return _log_sech(0.5 * as_float(lam))
 
 
 _EDM_MEAN, _EDM_STD, _EDM_SIGMA_DATA = 2.4, 2.4, 0.5
@@ -99,7 +93,7 @@ class EDM(AbstractWeighting):
 
     def log_weight(self, lam):
         """EDM's log-weight."""
-        return _edm_log_weight(_as_float(lam))
+        return _edm_log_weight(as_float(lam))
 
 
 class EDMMonotonic(AbstractWeighting):
@@ -108,7 +102,7 @@ class EDMMonotonic(AbstractWeighting):
 
     def log_weight(self, lam):
         """Log-weight, constant below the peak."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         return jnp.where(lam < EDM_PEAK_LAM, math.log(EDM_PEAK_VALUE), _edm_log_weight(jnp.maximum(lam, EDM_PEAK_LAM)))
 
 
@@ -118,7 +112,7 @@ class FlowMatching(AbstractWeighting):
 
     def log_weight(self, lam):
         """$-\\lambda/2$."""
-        return -0.5 * _as_float(lam)
+        return -0.5 * as_float(lam)
 
 
 class InDI(AbstractWeighting):
@@ -126,7 +120,7 @@ class InDI(AbstractWeighting):
 
     def log_weight(self, lam):
         """$-\\lambda + 2\\log\\mathrm{sech}(\\lambda/4)$."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         return -lam + 2.0 * _log_sech(0.25 * lam)
 
 
@@ -144,7 +138,7 @@ class P2(AbstractWeighting):
 
     def log_weight(self, lam):
         """$\\log\\mathrm{sech}(\\lambda/2) - \\gamma\\,\\mathrm{softplus}(\\lambda)$."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         return _log_sech(0.5 * lam) - self.gamma * jax.nn.softplus(lam)
 
 
@@ -164,7 +158,7 @@ class MinSNR(AbstractWeighting):
 
     def log_weight(self, lam):
         """$\\log\\mathrm{sech}(\\lambda/2) + \\min(0, \\log\\gamma - \\lambda)$."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         return _log_sech(0.5 * lam) + jnp.minimum(0.0, jnp.log(self.gamma) - lam)
 
 
@@ -182,7 +176,7 @@ class Sigmoid(AbstractWeighting):
 
     def log_weight(self, lam):
         """$\\log\\mathrm{sigmoid}(k - \\lambda)$."""
-        return jax.nn.log_sigmoid(self.k - _as_float(lam))
+        return jax.nn.log_sigmoid(self.k - as_float(lam))
 
 
 class FiveBitLike(AbstractWeighting):
@@ -190,7 +184,7 @@ class FiveBitLike(AbstractWeighting):
 
     def log_weight(self, lam):
         """$\\log\\Phi(-2(\\lambda - 8.4))$."""
-        return jss.log_ndtr(-2.0 * (_as_float(lam) - 8.4))
+        return jss.log_ndtr(-2.0 * (as_float(lam) - 8.4))
 
 
 class Shifted(AbstractWeighting):
@@ -211,7 +205,7 @@ class Shifted(AbstractWeighting):
 
     def log_weight(self, lam):
         """$\\log w(\\lambda - 2s)$."""
-        return self.weighting.log_weight(_as_float(lam) - 2.0 * self.shift)
+        return self.weighting.log_weight(as_float(lam) - 2.0 * self.shift)
 
 
 def is_monotonic(

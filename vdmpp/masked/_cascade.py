@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._cascade_gaussian import _check_steps, CascadeTerms, check_weights
+from .._cascade_gaussian import CascadeTerms, check_weights
+from .._misc import check_positive_int
 from .._oracle_masked import EmpiricalMaskedDenoiser
 from .._types import Array, ArrayLike, Float, Int, PRNGKeyArray
 from ._elbo import check_token_batch, masked_cross_entropy
@@ -65,7 +66,7 @@ def cascade_terms_at(
         num_steps: $T$.
         mask_id: the mask token's id.
     """
-    _check_steps(num_steps)
+    check_positive_int(num_steps, "num_steps")
     tokens, vocab, mask_id = check_token_batch(denoiser, tokens, mask_id, u=u)
     oracle = EmpiricalMaskedDenoiser(data, vocab_size=vocab, mask_id=mask_id)
     if oracle.data.shape[1:] != tokens.shape[1:]:
@@ -130,7 +131,7 @@ def weighted_cascade(
     weights: Float[Array, " T"],
 ) -> Float[Array, " batch"]:
     r"""$\sum_i w_i L^{(i)}(x)$ (Theorem 2: $= -\sum_j W_j K_j + C$, $W_j = \sum_{i\le j} w_i$)."""
-    _check_steps(num_steps)
+    check_positive_int(num_steps, "num_steps")
     weights = check_weights(weights, num_steps)
     terms = cascade_terms(denoiser, tokens, data, key=key, schedule=schedule, num_steps=num_steps, mask_id=mask_id)
     return terms.weighted(weights)

@@ -20,6 +20,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Bool
 
+from .._misc import check_positive_int
 from .._types import Array, Float, FloatLike, Int, PRNGKeyArray
 from ..losses import AbstractTimeSampler, LowDiscrepancy
 from ._process import apply_mask, check_mask_id, check_tokens, checked_alpha, sample_mask
@@ -30,8 +31,7 @@ def check_num_steps(num_steps) -> None:
     """`num_steps` must be None (continuous time) or a positive int."""
     if num_steps is None:
         return
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive integer (or None for continuous time); got {num_steps!r}.")
+    check_positive_int(num_steps, "num_steps", " (or None for continuous time)")
 
 
 def infer_vocab_size(denoiser: Callable, example: Array) -> int:

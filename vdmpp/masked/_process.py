@@ -8,9 +8,9 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax.core import Tracer  # pyright: ignore[reportAttributeAccessIssue]
 from jaxtyping import Bool
 
+from .._misc import concrete
 from .._types import Array, FloatLike, Int, PRNGKeyArray, Shaped
 from ._schedules import AbstractMaskingSchedule
 
@@ -33,17 +33,17 @@ def check_tokens(tokens, *, mask_id: int, vocab_size: int | None = None, name: s
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise TypeError(f"`{name}` must hold integer token ids; got dtype {tokens.dtype}.")
     hi = np.iinfo(np.int64).max if vocab_size is None else vocab_size
-    if isinstance(tokens, Tracer):
+    values = concrete(tokens)
+    if values is None:
         bad = (tokens < 0) | (tokens >= hi) | (tokens == mask_id)
         return eqx.error_if(tokens, bad, f"`{name}` holds ids outside [0, vocab_size) or equal to mask_id.")
-    concrete = np.asarray(tokens)
-    if concrete.size:
-        lo_v, hi_v = int(concrete.min()), int(concrete.max())
+    if values.size:
+        lo_v, hi_v = int(values.min()), int(values.max())
         if lo_v < 0 or hi_v >= hi:
             raise ValueError(
                 f"`{name}` must hold ids in [0, {vocab_size}) (the real tokens); got values in [{lo_v}, {hi_v}]."
             )
-        if np.any(concrete == mask_id):
+        if np.any(values == mask_id):
             raise ValueError(
                 f"`{name}` (clean data) contains mask_id={mask_id}; clean data must not contain the mask token. "
                 "Pass `mask_id` outside the data's vocabulary (e.g. mask_id=V)."

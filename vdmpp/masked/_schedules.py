@@ -16,14 +16,8 @@ import math
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._misc import as_float
 from .._types import Array, Float, FloatLike
-
-
-def _as_float(x: FloatLike) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
 
 
 def _check_eps(name: str, eps) -> None:
@@ -55,37 +49,37 @@ class AbstractMaskingSchedule(eqx.Module):
 
     def alpha(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""$\alpha_t$, the probability that a token is unmasked at time $t$."""
-        abar, _ = self._alpha_bar(_as_float(t))
+        abar, _ = self._alpha_bar(as_float(t))
         return (1.0 - 2.0 * self.eps) * abar + self.eps
 
     def one_minus_alpha(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""$1 - \alpha_t$, computed without cancellation."""
-        _, cbar = self._alpha_bar(_as_float(t))
+        _, cbar = self._alpha_bar(as_float(t))
         return (1.0 - 2.0 * self.eps) * cbar + self.eps
 
     def dalpha(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""$\alpha'_t = (1 - 2\epsilon)\,d\bar\alpha/dt$ (closed form; tested against `jax.grad`)."""
-        return (1.0 - 2.0 * self.eps) * self._dalpha_bar(_as_float(t))
+        return (1.0 - 2.0 * self.eps) * self._dalpha_bar(as_float(t))
 
     def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""Log-SNR $\lambda_t = \log\alpha_t - \log(1 - \alpha_t)$ (MD4's "gamma"), finite when $\epsilon > 0$."""
-        t = _as_float(t)
+        t = as_float(t)
         return jnp.log(self.alpha(t)) - jnp.log(self.one_minus_alpha(t))
 
     def elbo_weight(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""The continuous-time ELBO weight $-\alpha'_t/(1 - \alpha_t) \ge 0$."""
-        t = _as_float(t)
+        t = as_float(t)
         return -self.dalpha(t) / self.one_minus_alpha(t)
 
     def discrete_weight(self, s: FloatLike, t: FloatLike) -> Float[Array, "*shape"]:
         r"""The discrete-time weight $(\alpha_s - \alpha_t)/(1 - \alpha_t)$ of a step $t \to s < t$."""
-        s, t = _as_float(s), _as_float(t)
+        s, t = as_float(s), as_float(t)
         # alpha_s - alpha_t = (1 - alpha_t) - (1 - alpha_s): use whichever pair is better conditioned
         return (self.alpha(s) - self.alpha(t)) / self.one_minus_alpha(t)
 
     def t(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Inverse map $\lambda \mapsto t$, clipped to $[0, 1]$."""
-        lam = _as_float(lam)
+        lam = as_float(lam)
         e = self.eps
         # alpha = sigmoid(lam); alpha_bar = (alpha - eps)/(1 - 2 eps)
         a = jnp.exp(-jnp.logaddexp(0.0, -lam))
@@ -99,7 +93,7 @@ class AbstractMaskingSchedule(eqx.Module):
 
         Zero outside $[\lambda_1, \lambda_0]$.
         """
-        lam = _as_float(lam)
+        lam = as_float(lam)
         lo, hi = self.lam(jnp.ones((), lam.dtype)), self.lam(jnp.zeros((), lam.dtype))
         t = self.t(lam)
         a, c = self.alpha(t), self.one_minus_alpha(t)

@@ -13,6 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
 from ._layers import Embedding, init_rng, Linear, sub_key
 
@@ -23,11 +24,6 @@ def _check_lam_range(lam_min: float, lam_max: float) -> None:
             f"`lam_min` and `lam_max` must be finite with lam_min < lam_max; got lam_min={lam_min}, "
             f"lam_max={lam_max}. Use the range of the noise schedule you train with, e.g. (-20.0, 20.0)."
         )
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
 
 
 def sinusoidal(u: Float[Array, ""], dim: int, max_period: float = 10_000.0) -> Float[Array, " {dim}"]:
@@ -70,9 +66,9 @@ class LamEmbedding(eqx.Module):
         scale: float = 1000.0,
     ):
         _check_lam_range(lam_min, lam_max)
-        _check_positive("dim", dim)
+        check_positive_int(dim, "dim")
         num_features = dim if num_features is None else num_features
-        _check_positive("num_features", num_features)
+        check_positive_int(num_features, "num_features")
         rng = init_rng(key)
         self.lam_min, self.lam_max = float(lam_min), float(lam_max)
         self.num_features, self.scale = num_features, float(scale)
@@ -103,7 +99,7 @@ class ClassEmbedding(eqx.Module):
     table: Embedding
 
     def __init__(self, num_classes: int, dim: int, *, key: PRNGKeyArray):
-        _check_positive("num_classes", num_classes)
+        check_positive_int(num_classes, "num_classes")
         self.num_classes = num_classes
         self.table = Embedding(num_classes + 1, dim, key=key)
 

@@ -4,10 +4,10 @@ import equinox as eqx
 import jax
 import jax.random as jr
 
+from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
 from ._embed import (
     _check_label,
-    _check_positive,
     _dropout_key,
     ClassEmbedding,
     LamEmbedding,
@@ -77,7 +77,7 @@ class MLP(eqx.Module):
         key: PRNGKeyArray,
     ):
         for name, value in (("data_dim", data_dim), ("width", width), ("depth", depth), ("emb_dim", emb_dim)):
-            _check_positive(name, value)
+            check_positive_int(value, name)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
         rng = init_rng(key)

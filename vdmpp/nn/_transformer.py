@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
-from ._embed import _check_positive, _dropout_key, LamEmbedding, sinusoidal
+from ._embed import _dropout_key, LamEmbedding, sinusoidal
 from ._layers import Embedding, init_rng, LayerNorm, Linear, SelfAttention, sub_key
 
 
@@ -109,9 +110,9 @@ class Transformer(eqx.Module):
             ("num_heads", num_heads),
             ("mlp_ratio", mlp_ratio),
         ):
-            _check_positive(name, value)
+            check_positive_int(value, name)
         if seq_len is not None:
-            _check_positive("seq_len", seq_len)
+            check_positive_int(seq_len, "seq_len")
         if dim % num_heads:
             raise ValueError(f"`dim`={dim} must be divisible by `num_heads`={num_heads}.")
         if not 0.0 <= dropout < 1.0:

@@ -5,8 +5,9 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
-from ._embed import _check_label, _check_positive, _dropout_key, ClassEmbedding, LamEmbedding
+from ._embed import _check_label, _dropout_key, ClassEmbedding, LamEmbedding
 from ._layers import Conv2d, GroupNorm, init_rng, Linear, SelfAttention, sub_key
 
 
@@ -125,7 +126,7 @@ class UNet(eqx.Module):
             ("num_heads", num_heads),
             ("num_groups", num_groups),
         ):
-            _check_positive(name, value)
+            check_positive_int(value, name)
         if not channel_mults or any(not isinstance(m, int) or m < 1 for m in channel_mults):
             raise ValueError(f"`channel_mults` must be a non-empty tuple of positive ints; got {channel_mults!r}.")
         if any(lvl not in range(len(channel_mults)) for lvl in attention_levels):

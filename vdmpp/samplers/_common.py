@@ -7,8 +7,8 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike
 
 
@@ -78,9 +78,7 @@ def check_shape(shape) -> tuple[int, ...]:
 
 def check_steps(num_steps, name: str = "num_steps") -> int:
     """A positive Python integer number of steps."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {num_steps!r}.")
-    return int(num_steps)
+    return check_positive_int(num_steps, name)
 
 
 def check_trained_range(lam_lo: float, lam_hi: float, trained_range, what: str) -> None:

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
-import numpy as np
 
+from .._misc import concrete
 from .._types import Array, Float, FloatScalarLike, PRNGKeyArray
 from ..process import vp_alpha_sigma
 from ..schedules import AbstractSchedule
@@ -37,11 +37,7 @@ def _check_ts(ts, dtype) -> Array | None:
     ts = jnp.asarray(ts, dtype)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a 1-D array of times in [0, 1]; got shape {ts.shape}.")
-    try:
-        concrete = np.asarray(ts)
-    except jax.errors.TracerArrayConversionError:
-        concrete = None
-    if concrete is not None:
+    if concrete(ts) is not None:
         if bool(jnp.any((ts < 0) | (ts > 1))) or bool(jnp.any(jnp.diff(ts) > 0)):
             raise ValueError(f"`ts` must be non-increasing times in [0, 1] (we integrate from t=1 to t=0); got {ts}.")
     return ts

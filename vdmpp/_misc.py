@@ -1,0 +1,75 @@
+"""Shared argument checks and small helpers (one copy each; private to the library)."""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._types import Array, FloatLike
+
+
+def as_float(x: FloatLike) -> Array:
+    """`x` as a JAX array, cast to the default float dtype when it is not floating already."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def concrete(x: Any) -> np.ndarray | None:
+    """`x` as a NumPy array when its value is known, `None` while it is being traced (inside jit)."""
+    if isinstance(x, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
+        return None
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer that is not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_positive_int(value: Any, name: str, hint: str = "") -> int:
+    """`value` must be an integer >= 1; returns it as a Python int."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer{hint}; got {value!r}.")
+    return int(value)
+
+
+def check_nonnegative_int(value: Any, name: str, hint: str = "") -> int:
+    """`value` must be an integer >= 0; returns it as a Python int."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer{hint}; got {value!r}.")
+    return int(value)
+
+
+def check_finite(value: Any, name: str, owner: str = "") -> None:
+    """A Python/NumPy number must be finite (traced values are not checked here)."""
+    try:
+        ok = math.isfinite(float(value))
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return
+    if not ok:
+        where = f" of {owner}" if owner else ""
+        raise ValueError(f"`{name}`{where} must be finite; got {value}.")
+
+
+def check_data(data: Any, name: str = "data", *, min_rows: int = 1, floating: bool = False) -> Array:
+    """A data set shaped `(N, *example)` with at least `min_rows` rows, finite where its values are known."""
+    data = jnp.asarray(data)
+    if data.ndim < 2:
+        raise ValueError(f"`{name}` must be shaped (N, *example) with N rows; got shape {data.shape}.")
+    if data.shape[0] < min_rows:
+        raise ValueError(f"`{name}` must have at least {min_rows} row(s); got shape {data.shape}.")
+    if any(s == 0 for s in data.shape[1:]):
+        raise ValueError(f"`{name}` examples must have no empty axis; got shape {data.shape}.")
+    if floating and not jnp.issubdtype(data.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be float (in model space); got dtype {data.dtype}.")
+    values = concrete(data)
+    if values is not None and jnp.issubdtype(data.dtype, jnp.floating) and not np.all(np.isfinite(values)):
+        raise ValueError(f"`{name}` must be finite; it holds {int(np.sum(~np.isfinite(values)))} NaN/inf value(s).")
+    return data
