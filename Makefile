@@ -9,7 +9,7 @@ export MPLBACKEND ?= Agg
 # CI sets CI=true: the fast hypothesis profile and the non-slow tests.
 PYTEST_ARGS ?= -n 2 -m "not slow"
 
-.PHONY: setup demo test test-all lint docs bench reproduce clean
+.PHONY: setup demo test test-all lint docs bench reproduce fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e . --group tests --group dev --group docs
-	@bash scripts/install_system_data.sh || true
+	@bash scripts/install_system_data.sh --check || true
 	@touch $(STAMP)
+
+# Optional system data (changes the system, so only when asked): Debian's Fashion-MNIST for --data fashion_mnist.
+fashion-mnist:
+	bash scripts/install_system_data.sh --install
 
 # A fresh run each time (training refuses a workdir that already holds checkpoints, unless --resume).
 demo: $(STAMP)

@@ -35,17 +35,18 @@ def worker(batch_size: int, steps: int) -> dict:
     model, loss, optimizer = demo_setup()
     state = vd.train.init_train_state(model, optimizer, loss, key=jr.key(0))
     b = {"x": jnp.asarray(batch(batch_size))}
+    train_step = vd.train.make_train_step(loss, optimizer, ema_decay=0.999)
     t = time.perf_counter()
-    compiled = vd.train.train_step.lower(state, b, loss=loss, optimizer=optimizer, ema_decay=0.999).compile()
+    compiled = train_step.lower(state, b).compile()
     compile_s = time.perf_counter() - t
-    state, m = vd.train.train_step(state, b, loss=loss, optimizer=optimizer, ema_decay=0.999)
+    state, m = train_step(state, b)
     jax.block_until_ready(m["loss"])
     first_step_s = time.perf_counter() - T0
     del compiled
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        state, m = vd.train.train_step(state, b, loss=loss, optimizer=optimizer, ema_decay=0.999)
+        state, m = train_step(state, b)
         jax.block_until_ready(m["loss"])
         times.append(time.perf_counter() - t)
     stats = jax.devices()[0].memory_stats() or {}

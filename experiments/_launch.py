@@ -111,18 +111,36 @@ def training_setup(cfg: RunConfig, train: np.ndarray) -> tuple[Any, Any, vd.trai
     return optimizer, dataset, loop
 
 
-def config_record(cfg: RunConfig, *, model: tuple[str, ...], loss: tuple[str, ...]) -> dict:
-    """The JSON record saved with every checkpoint; its sections are compared on --resume."""
-    d = dataclasses.asdict(cfg)
-    section = {
-        "model": model,
-        "loss": loss,
-        "data": ("data", "batch_size", "seed"),
-        "optimizer": ("lr", "warmup", "lr_schedule", "steps", "ema_decay", "accum_steps"),
+# Settings that do not change the maths of a run (where outputs go, how often to report, how to launch). Every
+# other field of a script's Config, including fields added later, is compared with the checkpoint on --resume.
+RUN_FIELDS = frozenset(
+    {
+        "workdir",
+        "resume",
+        "demo",
+        "checkpoint_every",
+        "eval_every",
+        "eval_examples",
+        "sample_every",
+        "num_samples",
+        "sample_steps",
+        "sample_schedule",
+        "distributed",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
+        "progress",
     }
-    out = {name: {k: d[k] for k in keys} for name, keys in section.items()}
-    out["run"] = {k: v for k, v in d.items() if not any(k in keys for keys in section.values())}
-    return out
+)
+
+
+def config_record(cfg: Any) -> dict:
+    """The JSON record saved with every checkpoint: `"maths"` (compared on --resume) and `"run"` (free)."""
+    d = dataclasses.asdict(cfg)
+    return {
+        "maths": {k: v for k, v in d.items() if k not in RUN_FIELDS},
+        "run": {k: v for k, v in d.items() if k in RUN_FIELDS},
+    }
 
 
 def print_outputs(workdir: str, summary: dict, headline: str) -> None:

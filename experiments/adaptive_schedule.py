@@ -79,7 +79,7 @@ def build_weighting(name: WeightingName) -> vd.weighting.AbstractWeighting:
 
 
 def train_denoiser(*, steps: int, lam_min: float, lam_max: float, key, batch_size: int = 256, lr: float = 2e-3):
-    """A `vd.nn.MLP` ε-denoiser trained on all 1,797 distinct digits with `vd.train.train_step`, then frozen.
+    """A `vd.nn.MLP` ε-denoiser trained on all 1,797 distinct digits with `vd.train.make_train_step`, then frozen.
 
     The loss is Sigmoid(2) under the cosine schedule on [lam_min, lam_max] (`vd.train.GaussianLoss`), the
     optimiser `vd.train.make_optimizer` (Adam, warmup + cosine decay). Returns the EMA (decay 0.99) network as a
@@ -92,11 +92,12 @@ def train_denoiser(*, steps: int, lam_min: float, lam_max: float, key, batch_siz
     loss = vd.train.GaussianLoss(vd.weighting.Sigmoid(k=2.0), schedule, num_levels=17)
     optimizer = vd.train.make_optimizer(lr, 100, steps)
     state = vd.train.init_train_state(model, optimizer, loss, key=skey)
+    train_step = vd.train.make_train_step(loss, optimizer, ema_decay=0.99)
     data = jnp.asarray(digits)
     bar = tqdm.trange(steps, desc="training the MLP denoiser")
     for i in bar:
         batch = {"x": data[jr.randint(jr.fold_in(bkey, i), (batch_size,), 0, data.shape[0])]}
-        state, metrics = vd.train.train_step(state, batch, loss=loss, optimizer=optimizer, ema_decay=0.99)
+        state, metrics = train_step(state, batch)
         if i % 200 == 0 or i == steps - 1:
             bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
     return vd.nn.as_denoiser(state.ema_model())

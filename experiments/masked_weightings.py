@@ -38,29 +38,22 @@ V = 17  # digits: pixel values 0..16
 MASK = V
 
 
-class Denoiser(eqx.Module):
-    """`(z, lam) -> logits` adapter around the transformer (inference mode: no dropout)."""
-
-    net: vd.nn.Transformer
-
-    def __call__(self, z, lam):
-        return self.net(z, lam, inference=True)
-
-
 WEIGHTINGS = {
     "ELBO": vd.weighting.ELBO(),
     "IDDPM": vd.weighting.IDDPM(),
     "EDM": vd.weighting.EDM(),
     "sigmoid k=0": vd.weighting.Sigmoid(k=0.0),
     "FM": vd.weighting.FlowMatching(),
-    "Simple": M.Simple(),
+    "Simple": M.Simple(M.LinearSchedule()),  # the schedule `main` trains with
 }
 
 
 def train_one(weighting, train, *, steps, batch, lr, schedule, key, dim, depth):
     """Train a fresh model with one weighting; return the model and the loss curve."""
     mkey, dkey = jr.split(key)
-    model = Denoiser(vd.nn.Transformer(V, 64, dim=dim, depth=depth, num_heads=4, lam_conditioning=True, key=mkey))
+    model = vd.nn.ModelDenoiser(
+        vd.nn.Transformer(V, 64, dim=dim, depth=depth, num_heads=4, lam_conditioning=True, key=mkey)
+    )
     optim = optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 4), steps)),

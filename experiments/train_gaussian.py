@@ -14,7 +14,6 @@ import sys
 from typing import Literal
 
 import equinox as eqx
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import vdmpp as vd
@@ -62,6 +61,9 @@ class Config(RunConfig):
     unet_channels: int = 32
     unet_mults: tuple[int, ...] = (1, 2)
     unet_res_blocks: int = 1
+    sample_schedule: Literal["cosine", "learned"] = "cosine"
+    """Schedule the samples are drawn on: cosine over the run's λ range, or the training schedule under its final
+    state (the learned one for --schedule adaptive)."""
 
 
 DEMO = dict(
@@ -131,9 +133,10 @@ class FlatModel(eqx.Module):
         return out.reshape(self.shape)
 
 
-def build_model(cfg: Config, data: vd.data.Dataset, key) -> eqx.Module:
-    """The network named by `cfg.model`, conditioned on the normalised log-SNR."""
+def build_model(cfg: Config, data: vd.data.Dataset, lam_range: tuple[float, float], key) -> eqx.Module:
+    """The network named by `cfg.model`, its log-SNR embedding normalised to the run's λ range."""
     shape = data.example_shape
+    lam_min, lam_max = lam_range
     if cfg.model == "unet":
         return vd.nn.UNet(
             shape[-1],
@@ -143,8 +146,8 @@ def build_model(cfg: Config, data: vd.data.Dataset, key) -> eqx.Module:
             attention_levels=(len(cfg.unet_mults) - 1,),
             num_groups=min(8, cfg.unet_channels),
             dropout=cfg.dropout,
-            lam_min=cfg.lam_min,
-            lam_max=cfg.lam_max,
+            lam_min=lam_min,
+            lam_max=lam_max,
             key=key,
         )
     net = vd.nn.MLP(
@@ -152,32 +155,12 @@ def build_model(cfg: Config, data: vd.data.Dataset, key) -> eqx.Module:
         width=cfg.width,
         depth=cfg.depth,
         emb_dim=cfg.emb_dim,
-        lam_min=cfg.lam_min,
-        lam_max=cfg.lam_max,
+        lam_min=lam_min,
+        lam_max=lam_max,
         dropout=cfg.dropout,
         key=key,
     )
     return FlatModel(net, shape)
-
-
-# --- samples for the grids: vd.samplers.ancestral on a cosine grid, decoded like elbo_bpd -------
-
-
-@eqx.filter_jit
-def ancestral_samples(model, parameterisation, key, *, shape, num: int, num_steps: int, lam_min, lam_max, levels):
-    """DDPM ancestral samples (THEORY §7) on a cosine λ grid, decoded to integer levels (argmax)."""
-    sched = vd.schedules.Cosine(lam_min=lam_min, lam_max=lam_max)
-    den = vd.nn.as_denoiser(model, parameterisation)
-    x, _ = vd.samplers.ancestral(den, (num, *shape), key=key, schedule=sched, num_steps=num_steps, num_levels=levels)
-    return x.astype(jnp.uint8)
-
-
-def config_record(cfg: Config) -> dict:
-    """The JSON record saved with every checkpoint; its sections are compared on --resume."""
-    model = ("model", "width", "depth", "emb_dim", "dropout", "parameterisation", "lam_min", "lam_max")
-    model += ("unet_channels", "unet_mults", "unet_res_blocks")
-    loss = ("weighting", "weighting_param", "schedule", "schedule_shift", "adaptive_bins", "adaptive_decay")
-    return _launch.config_record(cfg, model=model, loss=loss)
 
 
 def apply_demo(cfg: Config) -> Config:
@@ -195,30 +178,21 @@ def main(cfg: Config) -> dict:
     _launch.check_batch_size(cfg, data.train.shape[0])
     if cfg.lam_max is None:
         cfg = dataclasses.replace(cfg, lam_max=round(2.0 * math.log(data.num_levels) + 0.5, 3))
-    assert cfg.lam_max is not None
+    schedule = build_schedule(cfg)  # the run's one λ range: model embedding, training, ELBO and sampling
+    lam_range = (float(schedule.lam_min), float(schedule.lam_max))
     key = jr.key(cfg.seed)
     mkey, tkey = jr.split(key)
-    model = build_model(cfg, data, mkey)
-    parameterisation = build_parameterisation(cfg)
+    model = build_model(cfg, data, lam_range, mkey)
+    sampling = vd.schedules.Cosine(*lam_range) if cfg.sample_schedule == "cosine" else None
     loss = vd.train.GaussianLoss(
-        build_weighting(cfg), build_schedule(cfg), parameterisation=parameterisation, num_levels=data.num_levels
+        build_weighting(cfg),
+        schedule,
+        parameterisation=build_parameterisation(cfg),
+        num_levels=data.num_levels,
+        sampling_schedule=sampling,
     )
     optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
-    shape, levels = data.example_shape, data.num_levels
-
-    def sampler(ema_model, sched_state, key):
-        return ancestral_samples(
-            ema_model,
-            parameterisation,
-            key,
-            shape=shape,
-            num=cfg.num_samples,
-            num_steps=cfg.sample_steps,
-            lam_min=cfg.lam_min,
-            lam_max=cfg.lam_max,
-            levels=levels,
-        )
-
+    levels = data.num_levels
     summary = vd.train.fit(
         model,
         loss,
@@ -226,12 +200,13 @@ def main(cfg: Config) -> dict:
         dataset,
         loop=loop,
         workdir=cfg.workdir,
-        config=config_record(cfg),
+        config=_launch.config_record(cfg),
         key=tkey,
         resume=cfg.resume,
         test_data=data.test,
         num_levels=levels,
-        sampler=sampler,
+        sample_shape=(cfg.num_samples, *data.example_shape),
+        sample_steps=cfg.sample_steps,
     )
     bpd, uniform = summary["test_bpd"], float(np.log2(levels))
     headline = f"test bits/dim (-ELBO, EMA model): {bpd:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})"

@@ -13,7 +13,6 @@ import pathlib
 import sys
 from typing import Literal
 
-import equinox as eqx
 import jax.random as jr
 import numpy as np
 import vdmpp as vd
@@ -64,22 +63,27 @@ def build_schedule(cfg: Config) -> vd.masked.AbstractMaskingSchedule:
     return table[cfg.schedule]()
 
 
-def build_weighting(cfg: Config):
-    """The weighting named by `cfg.weighting`."""
+def build_weighting(cfg: Config, schedule: vd.masked.AbstractMaskingSchedule) -> vd.weighting.AbstractWeighting:
+    """The weighting named by `cfg.weighting` (`simple` is defined by the masking schedule)."""
     w = vd.weighting
     table = {
         "elbo": lambda: w.ELBO(),
         "sigmoid": lambda: w.Sigmoid(cfg.weighting_param),
-        "simple": lambda: vd.masked.Simple(),
+        "simple": lambda: vd.masked.Simple(schedule),
         "flow_matching": lambda: w.FlowMatching(),
         "edm_monotonic": lambda: w.EDMMonotonic(),
     }
     return table[cfg.weighting]()
 
 
-def build_importance(cfg: Config):
-    """`None` or the adaptive schedule over the masking log-SNR range."""
-    return None if cfg.importance == "none" else vd.adaptive.AdaptiveSchedule(-12.0, 12.0)
+def build_importance(cfg: Config, lam_range: tuple[float, float]):
+    """`None` or the adaptive schedule over the masking schedule's log-SNR range."""
+    return None if cfg.importance == "none" else vd.schedules.AdaptiveSchedule(*lam_range)
+
+
+def lam_range_of(schedule: vd.masked.AbstractMaskingSchedule) -> tuple[float, float]:
+    """The run's one λ range, from the masking schedule: (λ at t = 1, λ at t = 0)."""
+    return float(schedule.lam(1.0)), float(schedule.lam(0.0))
 
 
 def tokens_of(data: vd.data.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
@@ -87,27 +91,6 @@ def tokens_of(data: vd.data.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
     if data.kind == "toy" or data.num_levels is None:
         raise ValueError(f"`--data` must be discrete (images or text) for train_masked.py; got kind {data.kind!r}.")
     return data.train, data.test, int(data.num_levels)
-
-
-@eqx.filter_jit
-def _sample(model, key, *, shape, schedule, num_steps: int, mask_id: int):
-    den = _Den(model)
-    samples, _ = vd.masked.ancestral(den, shape, key=key, schedule=schedule, num_steps=num_steps, mask_id=mask_id)
-    return samples
-
-
-class _Den(eqx.Module):
-    model: eqx.Module
-
-    def __call__(self, z, lam):
-        return self.model(z, lam, inference=True)  # pyright: ignore
-
-
-def config_record(cfg: Config) -> dict:
-    """The JSON record saved with every checkpoint; its sections are compared on --resume."""
-    model = ("dim", "depth", "num_heads", "dropout")
-    loss = ("schedule", "schedule_param", "weighting", "weighting_param", "importance")
-    return _launch.config_record(cfg, model=model, loss=loss)
 
 
 def apply_demo(cfg: Config) -> Config:
@@ -123,6 +106,8 @@ def main(cfg: Config) -> dict:
     train, test, vocab = tokens_of(data)
     _launch.check_batch_size(cfg, train.shape[0])
     example_shape = tuple(train.shape[1:])
+    schedule = build_schedule(cfg)
+    lam_range = lam_range_of(schedule)  # the run's one λ range: model embedding and importance schedule
     key = jr.key(cfg.seed)
     mkey, tkey = jr.split(key)
     model = vd.nn.Transformer(
@@ -132,20 +117,18 @@ def main(cfg: Config) -> dict:
         depth=cfg.depth,
         num_heads=cfg.num_heads,
         dropout=cfg.dropout,
+        lam_min=lam_range[0],
+        lam_max=lam_range[1],
         key=mkey,
     )
-    schedule = build_schedule(cfg)
-    loss = vd.train.MaskedLoss(schedule, build_weighting(cfg), mask_id=vocab, importance=build_importance(cfg))
+    loss = vd.train.MaskedLoss(
+        schedule, build_weighting(cfg, schedule), mask_id=vocab, importance=build_importance(cfg, lam_range)
+    )
     optimizer, dataset, loop = _launch.training_setup(cfg, train)
-    is_image = data.kind == "image"
     vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 
-    def sampler(ema_model, sched_state, key):
-        shape = (cfg.num_samples, *example_shape)
-        out = _sample(ema_model, key, shape=shape, schedule=schedule, num_steps=cfg.sample_steps, mask_id=vocab)
-        if is_image:
-            return out
-        return "\n\n".join("".join(vocab_str[int(i)] for i in row.reshape(-1)) for row in np.asarray(out))
+    def decode_text(samples: np.ndarray) -> str:
+        return "\n\n".join("".join(vocab_str[int(i)] for i in row.reshape(-1)) for row in samples)
 
     summary = vd.train.fit(
         model,
@@ -154,12 +137,14 @@ def main(cfg: Config) -> dict:
         dataset,
         loop=loop,
         workdir=cfg.workdir,
-        config=config_record(cfg),
+        config=_launch.config_record(cfg),
         key=tkey,
         resume=cfg.resume,
         test_data=test,
         num_levels=vocab,
-        sampler=sampler,
+        sample_shape=(cfg.num_samples, *example_shape),
+        sample_steps=cfg.sample_steps,
+        decode_text=None if data.kind == "image" else decode_text,
     )
     uniform = f"uniform: log2({vocab}) = {np.log2(vocab):.2f}"
     _launch.print_outputs(

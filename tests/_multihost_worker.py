@@ -24,12 +24,13 @@ def main(port: str, pid: int, out: str) -> None:
     loss = vd.train.GaussianLoss(vd.weighting.Sigmoid(2.0), vd.schedules.Cosine(-10.0, 10.0), num_levels=17)
     opt = vd.train.make_optimizer(1e-2, 1, 20)
     state = sharding.shard_state(vd.train.init_train_state(model, opt, loss, key=jr.key(4)))
+    step = vd.train.make_train_step(loss, opt, ema_decay=0.9, sharding=sharding)
     data = fake_data(5 * 16)
     losses = []
     for i in range(5):
         rows = data[i * 16 : (i + 1) * 16][pid * 8 : (pid + 1) * 8]  # this process's half of the global batch
         b = sharding.shard_batch({"x": rows})
-        state, m = vd.train.train_step(state, b, loss=loss, optimizer=opt, ema_decay=0.9, sharding=sharding)
+        state, m = step(state, b)
         losses.append(float(vd.train.replicate_to_host(m["loss"])))
     w = vd.train.replicate_to_host(state.model.mlp.layers[0].weight)
     # the full loop on two processes: sharded data, orbax checkpoint from both processes, EMA evaluation
@@ -42,7 +43,7 @@ def main(port: str, pid: int, out: str) -> None:
         data_pipe,
         loop=loop,
         workdir=out + ".run",
-        config={"model": 1},
+        config={"maths": {"model": 1}},
         key=jr.key(5),
         test_data=fake_data(20),
         sharding=sharding,

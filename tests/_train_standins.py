@@ -52,7 +52,15 @@ def build(steps: int, every: int, lr: float = 3e-3):
     return model, loss, opt, loop, pipeline(fake_data(), 16, seed=1)
 
 
-CONFIG = {"model": {"kind": "tiny", "width": 32}, "loss": {"w": "sigmoid2"}, "data": "fake", "optimizer": {"lr": 3e-3}}
+CONFIG = {
+    "maths": {
+        "model": {"kind": "tiny", "width": 32},
+        "loss": {"w": "sigmoid2"},
+        "data": "fake",
+        "optimizer": {"lr": 3e-3},
+    },
+    "run": {"note": "free"},
+}
 
 
 def main(argv):

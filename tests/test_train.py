@@ -39,6 +39,15 @@ def _arrays(tree):
     ]
 
 
+def _copy(tree):
+    """A copy with fresh buffers (the train step donates its input state)."""
+    return jtu.tree_map(lambda x: jnp.array(x, copy=True) if eqx.is_array(x) else x, tree)
+
+
+def _step(loss, opt, ema_decay=0.9, **kw):
+    return vd.train.make_train_step(loss, opt, ema_decay=ema_decay, **kw)
+
+
 def _bitwise_equal(a, b) -> bool:
     xs, ys = _arrays(a), _arrays(b)
     return len(xs) == len(ys) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(xs, ys))
@@ -125,9 +134,10 @@ def test_masked_loss_is_the_reweighted_loss_and_trains_with_adaptive_importance(
     )
     opt = vd.train.make_optimizer(1e-2, 0, 10)
     state = vd.train.init_train_state(model, opt, adaptive, key=getkey())
-    new, m = vd.train.train_step(state, {"x": tokens}, loss=adaptive, optimizer=opt, ema_decay=0.9)
+    before = np.asarray(state.sched_state.ema)
+    new, m = _step(adaptive, opt)(state, {"x": tokens})
     assert int(m["skipped"]) == 0 and int(new.step) == 1
-    assert not np.array_equal(np.asarray(new.sched_state.ema), np.asarray(state.sched_state.ema))
+    assert not np.array_equal(np.asarray(new.sched_state.ema), before)
 
 
 def test_gaussian_loss_adaptive_schedule_update_in_step(getkey):
@@ -137,7 +147,7 @@ def test_gaussian_loss_adaptive_schedule_update_in_step(getkey):
     opt = vd.train.make_optimizer(1e-2, 0, 10)
     state = vd.train.init_train_state(model, opt, loss, key=getkey())
     batch = {"x": jnp.asarray(fake_data(16))}
-    new, _ = vd.train.train_step(state, batch, loss=loss, optimizer=opt, ema_decay=0.9)
+    new, _ = _step(loss, opt)(_copy(state), batch)
     # independently: the loss's aux at the step's key, fed to AdaptiveSchedule.update
     key = jr.fold_in(jr.fold_in(state.key, state.step), state.total_skips)
     _, aux = loss(model, batch, key=key, sched_state=state.sched_state)
@@ -157,16 +167,35 @@ def _setup(getkey, n=16, width=16):
     return state, loss, opt, batch
 
 
-def test_step_compiles_once_and_updates_ema(getkey):
-    state, loss, opt, batch = _setup(getkey)
-    step = eqx.debug.assert_max_traces(vd.train.train_step.__wrapped__, max_traces=1)  # type: ignore[attr-defined]
-    jstep = eqx.filter_jit(step)
-    s = state
+class _CountingDenoiser(TinyDenoiser):
+    traces = 0
+
+    def __call__(self, z, lam, *, label=None, key=None, inference=False):
+        type(self).traces += 1  # a Python side effect: runs only while JAX traces
+        return super().__call__(z, lam, label=label, key=key, inference=inference)
+
+
+def test_step_compiles_once_and_donates_the_state(getkey):
+    model = _CountingDenoiser(16, 16, key=getkey())
+    loss, opt = _loss(), vd.train.make_optimizer(1e-2, 0, 20)
+    step = _step(loss, opt, ema_decay=0.5)
+    state = vd.train.init_train_state(model, opt, loss, key=getkey())
+    batch = {"x": jnp.asarray(fake_data(16))}
+    s, _ = step(state, batch)
+    traced = _CountingDenoiser.traces
+    assert traced >= 1
+    old_leaves = [x for x in jtu.tree_leaves(state) if isinstance(x, jax.Array)]
+    assert old_leaves and all(x.is_deleted() for x in old_leaves), "the input state's buffers must be donated"
     for _ in range(3):
-        s, m = jstep(s, batch, loss=loss, optimizer=opt, ema_decay=0.5)
-    assert int(s.step) == 3 and int(m["skipped"]) == 0
+        s, m = step(s, {"x": jnp.asarray(fake_data(16, seed=int(s.step)))})
+    assert _CountingDenoiser.traces == traced, "the step must not retrace for new batches of the same shape"
+    assert int(s.step) == 4 and int(m["skipped"]) == 0
+
+
+def test_step_updates_ema(getkey):
+    state, loss, opt, batch = _setup(getkey)
     # EMA recursion after one step, on one leaf: 0.5 * old + 0.5 * new
-    s1, _ = vd.train.train_step(state, batch, loss=loss, optimizer=opt, ema_decay=0.5)
+    s1, _ = _step(loss, opt, ema_decay=0.5)(_copy(state), batch)
     w0 = np.asarray(state.model.mlp.layers[0].weight)
     w1 = np.asarray(s1.model.mlp.layers[0].weight)
     assert np.allclose(np.asarray(s1.ema.mlp.layers[0].weight), 0.5 * w0 + 0.5 * w1, atol=1e-7)
@@ -176,25 +205,27 @@ def test_step_compiles_once_and_updates_ema(getkey):
 def test_gradient_accumulation_matches_full_batch_gradient(getkey):
     # With the same per-micro-batch draws, accumulating 2 micro-batches equals averaging their two losses.
     state, loss, opt, batch = _setup(getkey)
-    s2, m2 = vd.train.train_step(state, batch, loss=loss, optimizer=opt, ema_decay=0.0, accum_steps=2)
+    s2, m2 = _step(loss, opt, ema_decay=0.0, accum_steps=2)(_copy(state), batch)
     key = jr.fold_in(jr.fold_in(state.key, state.step), state.total_skips)
     halves = [jtu.tree_map(lambda a: a[i * 8 : (i + 1) * 8], batch) for i in range(2)]
     values = [jnp.mean(loss(state.model, h, key=jr.fold_in(key, i), sched_state=None)[0]) for i, h in enumerate(halves)]
     assert tree_allclose(m2["loss"], (values[0] + values[1]) / 2, rtol=1e-5)
     with pytest.raises(ValueError, match="accum_steps"):
-        vd.train.train_step(state, batch, loss=loss, optimizer=opt, ema_decay=0.0, accum_steps=3)
+        _step(loss, opt, ema_decay=0.0, accum_steps=3)(_copy(state), batch)
+    with pytest.raises(ValueError, match="accum_steps"):
+        _step(loss, opt, accum_steps=0)
 
 
 def test_nan_guard_leaves_state_unchanged(getkey):
     state, loss, opt, batch = _setup(getkey)
     loss = vd.train.GaussianLoss(loss.weighting, loss.schedule, num_levels=17, use_labels=True)
     bad = {"x": batch["x"], "label": batch["label"].at[3].set(-1)}  # one NaN example poisons the batch
-    s1, m1 = vd.train.train_step(state, bad, loss=loss, optimizer=opt, ema_decay=0.9)
+    s1, m1 = _step(loss, opt)(_copy(state), bad)
     assert not np.isfinite(float(m1["loss"]))
     assert int(m1["skipped"]) == 1 and int(s1.skips) == 1 and int(s1.total_skips) == 1
     same = eqx.tree_at(lambda s: (s.skips, s.total_skips), s1, (state.skips, state.total_skips))
     assert _bitwise_equal(same, state)
-    s2, m2 = vd.train.train_step(s1, batch, loss=loss, optimizer=opt, ema_decay=0.9)
+    s2, m2 = _step(loss, opt)(s1, batch)
     assert int(m2["skipped"]) == 0 and int(s2.skips) == 0 and int(s2.total_skips) == 1 and int(s2.step) == 1
     assert finite(eqx.filter(s2.model, eqx.is_array))
 
@@ -267,9 +298,10 @@ def _run_steps(getkey_seed, sharding, n_steps=5, batch=16):
     state = sharding.shard_state(vd.train.init_train_state(model, opt, loss, key=jr.key(getkey_seed + 1)))
     data = fake_data(n_steps * batch)
     losses = []
+    step = _step(loss, opt, sharding=sharding)
     for i in range(n_steps):
         b = sharding.shard_batch({"x": data[i * batch : (i + 1) * batch], "label": np.zeros(batch, np.int32)})
-        state, m = vd.train.train_step(state, b, loss=loss, optimizer=opt, ema_decay=0.9, sharding=sharding)
+        state, m = step(state, b)
         losses.append(float(m["loss"]))
     return np.asarray(losses), state
 
@@ -378,10 +410,10 @@ def test_checkpoint_from_other_model_config_is_refused(tmp_path):
     vd.train.fit(
         model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7), sharding=_one_device()
     )
-    other = {**CONFIG, "model": {"kind": "tiny", "width": 48}}
+    other = {**CONFIG, "maths": {**CONFIG["maths"], "model": {"kind": "tiny", "width": 48}}}
     bigger = TinyDenoiser(16, 48, key=jr.key(0))
     _, _, _, _, ds = build(steps=4, every=2)
-    with pytest.raises(vd.train.CheckpointError, match=r"different config:\n  model.width: checkpoint has 32"):
+    with pytest.raises(vd.train.CheckpointError, match=r"different config:\n  maths.model.width: checkpoint has 32"):
         vd.train.fit(
             bigger,
             loss,

@@ -62,7 +62,7 @@ def check_data(data: Any, name: str = "data", *, min_rows: int = 1, floating: bo
     """A data set shaped `(N, *example)` with at least `min_rows` rows, finite where its values are known."""
     data = jnp.asarray(data)
     if data.ndim < 2:
-        raise ValueError(f"`{name}` must be shaped (N, *example) with N rows; got shape {data.shape}.")
+        raise ValueError(f"`{name}` must be shaped (N, *data) with N rows; got shape {data.shape}.")
     if data.shape[0] < min_rows:
         raise ValueError(f"`{name}` must have at least {min_rows} row(s); got shape {data.shape}.")
     if any(s == 0 for s in data.shape[1:]):
@@ -73,3 +73,10 @@ def check_data(data: Any, name: str = "data", *, min_rows: int = 1, floating: bo
     if values is not None and jnp.issubdtype(data.dtype, jnp.floating) and not np.all(np.isfinite(values)):
         raise ValueError(f"`{name}` must be finite; it holds {int(np.sum(~np.isfinite(values)))} NaN/inf value(s).")
     return data
+
+
+def check_instance(value: Any, cls: type, name: str, example: str = "") -> None:
+    """`value` must be an instance of the strategy interface `cls` (a clear `TypeError` for strings and the like)."""
+    if not isinstance(value, cls):
+        hint = f", e.g. {example}" if example else ""
+        raise TypeError(f"`{name}` must be a {cls.__module__}.{cls.__qualname__}{hint}; got {value!r}.")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._types import Array, Float, FloatLike
 
@@ -37,33 +38,12 @@ def ve_alpha_sigma(lam: FloatLike) -> tuple[Float[Array, "*shape"], Float[Array,
     return jnp.ones_like(lam), jnp.exp(-0.5 * lam)
 
 
-class AbstractProcess(eqx.Module):
-    """A Gaussian forward process $z_\\lambda = \\alpha_\\lambda x + \\sigma_\\lambda \\epsilon$."""
-
-    @abc.abstractmethod
-    def alpha_sigma(self, lam: FloatLike) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
-        """Return $(\\alpha_\\lambda, \\sigma_\\lambda)$."""
-
-    def diffuse(self, x: Float[Array, "*data"], eps: Float[Array, "*data"], lam: FloatLike) -> Float[Array, "*data"]:
-        r"""Sample $z_\lambda = \alpha_\lambda x + \sigma_\lambda \epsilon$ for given noise."""
-        alpha, sigma = self.alpha_sigma(lam)
-        return alpha * x + sigma * eps
+def _f64(lam):
+    return np.asarray(lam, dtype=np.float64)
 
 
-class VP(AbstractProcess):
-    r"""Variance-preserving process: $\alpha^2 = \mathrm{sigmoid}(\lambda)$, $\sigma^2 = \mathrm{sigmoid}(-\lambda)$."""
-
-    def alpha_sigma(self, lam: FloatLike) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
-        """Return $(\\alpha_\\lambda, \\sigma_\\lambda)$."""
-        return vp_alpha_sigma(lam)
-
-
-class VE(AbstractProcess):
-    r"""Variance-exploding process: $\alpha = 1$, $\sigma^2 = e^{-\lambda}$; prior $N(0, e^{-\lambda_{min}} I)$."""
-
-    def alpha_sigma(self, lam: FloatLike) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
-        """Return $(\\alpha_\\lambda, \\sigma_\\lambda)$."""
-        return ve_alpha_sigma(lam)
+def _sigmoid(x):
+    return np.asarray(np.exp(-np.logaddexp(0.0, -x)))
 
 
 # --- conversions (VP), each way -------------------------------------------------------------
@@ -185,6 +165,13 @@ class AbstractParameterisation(eqx.Module):
     def from_eps(self, z: Float[Array, "*data"], eps: Float[Array, "*data"], lam: FloatLike) -> Float[Array, "*data"]:
         """Convert $\\epsilon$ to this parameterisation's target."""
 
+    @abc.abstractmethod
+    def mse_ratio(self, lam) -> np.ndarray:
+        r"""$r(\lambda) = \|\epsilon - \hat\epsilon\|^2 / \|P - \hat P\|^2$ for this target $P$ (VP; K&G eq. 122–126).
+
+        Float64 NumPy, for analysis: the loss $E\|P - \hat P\|^2$ is the $\epsilon$-loss weighted by $1/r$.
+        """
+
 
 class EpsPrediction(AbstractParameterisation):
     r"""The network predicts $\epsilon$."""
@@ -196,6 +183,10 @@ class EpsPrediction(AbstractParameterisation):
     def from_eps(self, z, eps, lam):
         """Identity."""
         return eps
+
+    def mse_ratio(self, lam):
+        """$r = 1$."""
+        return np.ones_like(_f64(lam))
 
 
 class XPrediction(AbstractParameterisation):
@@ -209,6 +200,10 @@ class XPrediction(AbstractParameterisation):
         """$x = (z - \\sigma\\epsilon)/\\alpha$."""
         return eps_to_x(z, eps, lam)
 
+    def mse_ratio(self, lam):
+        """$r = e^{\\lambda}$."""
+        return np.exp(_f64(lam))
+
 
 class VPrediction(AbstractParameterisation):
     r"""The network predicts $v = \alpha\epsilon - \sigma x$."""
@@ -220,6 +215,10 @@ class VPrediction(AbstractParameterisation):
     def from_eps(self, z, eps, lam):
         """$v = (\\epsilon - \\sigma z)/\\alpha$."""
         return eps_to_v(z, eps, lam)
+
+    def mse_ratio(self, lam):
+        """$r = \\mathrm{sigmoid}(\\lambda)$."""
+        return _sigmoid(_f64(lam))
 
 
 class FPrediction(AbstractParameterisation):
@@ -235,6 +234,10 @@ class FPrediction(AbstractParameterisation):
         """$\\epsilon$ to EDM's $F$."""
         return eps_to_f(z, eps, lam, self.sigma_data)
 
+    def mse_ratio(self, lam):
+        """$r = \\mathrm{sigmoid}(\\lambda + 2\\log\\tilde\\sigma_{data})$."""
+        return _sigmoid(_f64(lam) + 2.0 * np.log(self.sigma_data))
+
 
 class OPrediction(AbstractParameterisation):
     r"""The network predicts the flow-matching target $o = x - \epsilon$."""
@@ -247,6 +250,10 @@ class OPrediction(AbstractParameterisation):
         """$\\epsilon$ to $o$."""
         return eps_to_o(z, eps, lam)
 
+    def mse_ratio(self, lam):
+        """$r = \\mathrm{sigmoid}(\\lambda/2)^2$."""
+        return _sigmoid(0.5 * _f64(lam)) ** 2
+
 
 class ScorePrediction(AbstractParameterisation):
     r"""The network predicts the score $\nabla_z \log q(z_\lambda)$."""
@@ -258,6 +265,10 @@ class ScorePrediction(AbstractParameterisation):
     def from_eps(self, z, eps, lam):
         """$s = -\\epsilon/\\sigma$."""
         return eps_to_score(z, eps, lam)
+
+    def mse_ratio(self, lam):
+        """$r = \\mathrm{sigmoid}(-\\lambda)$."""
+        return _sigmoid(-_f64(lam))
 
 
 class EpsDenoiser(eqx.Module):
@@ -279,8 +290,6 @@ class EpsDenoiser(eqx.Module):
         return self.parameterisation.to_eps(z, out, lam)
 
 
-def as_eps_denoiser(fn: Callable, parameterisation: AbstractParameterisation | None = None) -> Callable:
-    """Return `fn` as an $\\hat\\epsilon$-denoiser (unchanged when it already predicts $\\epsilon$)."""
-    if parameterisation is None or isinstance(parameterisation, EpsPrediction):
-        return fn
+def as_eps_denoiser(fn: Callable, parameterisation: AbstractParameterisation = EpsPrediction()) -> EpsDenoiser:
+    """`fn` (on one example, predicting `parameterisation`'s target) as an $\\hat\\epsilon$-denoiser."""
     return EpsDenoiser(fn, parameterisation)

@@ -14,21 +14,12 @@ import jax.numpy as jnp
 import jax.scipy.special as jss
 import numpy as np
 
-from ._misc import as_float
+from ._misc import as_float, check_finite, check_instance
 from ._types import Array, Float, FloatLike
 
 
 def _log_sech(x: Array) -> Array:
     return math.log(2.0) - jnp.logaddexp(x, -x)
-
-
-def _check_finite(name: str, arg: str, value) -> None:
-    try:
-        ok = math.isfinite(float(value))
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return  # traced: cannot check here
-    if not ok:
-        raise ValueError(f"`{arg}` of {name} must be finite; got {value}.")
 
 
 class AbstractWeighting(eqx.Module):
@@ -134,7 +125,7 @@ class P2(AbstractWeighting):
     gamma: float = 1.0
 
     def __check_init__(self):
-        _check_finite("P2", "gamma", self.gamma)
+        check_finite(self.gamma, "gamma", "P2")
 
     def log_weight(self, lam):
         """$\\log\\mathrm{sech}(\\lambda/2) - \\gamma\\,\\mathrm{softplus}(\\lambda)$."""
@@ -152,7 +143,7 @@ class MinSNR(AbstractWeighting):
     gamma: float = 5.0
 
     def __check_init__(self):
-        _check_finite("MinSNR", "gamma", self.gamma)
+        check_finite(self.gamma, "gamma", "MinSNR")
         if isinstance(self.gamma, (int, float)) and self.gamma <= 0:
             raise ValueError(f"`gamma` of MinSNR must be positive; got {self.gamma}.")
 
@@ -172,7 +163,7 @@ class Sigmoid(AbstractWeighting):
     k: float = 2.0
 
     def __check_init__(self):
-        _check_finite("Sigmoid", "k", self.k)
+        check_finite(self.k, "k", "Sigmoid")
 
     def log_weight(self, lam):
         """$\\log\\mathrm{sigmoid}(k - \\lambda)$."""
@@ -199,9 +190,8 @@ class Shifted(AbstractWeighting):
     shift: float
 
     def __check_init__(self):
-        _check_finite("Shifted", "shift", self.shift)
-        if not isinstance(self.weighting, AbstractWeighting):
-            raise TypeError(f"`weighting` must be an AbstractWeighting; got {type(self.weighting).__name__}.")
+        check_finite(self.shift, "shift", "Shifted")
+        check_instance(self.weighting, AbstractWeighting, "weighting", "vd.weighting.Sigmoid(2.0)")
 
     def log_weight(self, lam):
         """$\\log w(\\lambda - 2s)$."""

@@ -36,7 +36,7 @@ def main() -> None:
         f"sigmoid (k={k:g})": vd.weighting.Sigmoid(k=k),
         "flow matching": vd.weighting.FlowMatching(),
         "EDM": vd.weighting.EDM(),
-        "simple": vd.masked.Simple(),
+        "simple": None,  # vd.masked.Simple(schedule): built per schedule below
     }
     schedules = {"linear": vd.masked.LinearSchedule(), "cosine": vd.masked.CosineSchedule()}
     t = np.linspace(0.01, 0.99, 197)
@@ -47,6 +47,7 @@ def main() -> None:
     for ax, (sname, sched) in zip(axes[:2], schedules.items()):
         alpha = np.asarray(sched.alpha(jnp.asarray(t)))
         for wname, w in weightings.items():
+            w = vd.masked.Simple(sched) if w is None else w
             wt = np.asarray(vd.masked.tilde_weight(w, sched, jnp.asarray(t)))
             ax.semilogy(t, wt / wt.max(), label=wname)
             record["w_tilde_at_t"][f"{sname}/{wname}"] = {f"{x:g}": float(np.interp(x, t, wt)) for x in (0.1, 0.5, 0.9)}

@@ -14,6 +14,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from .._misc import check_instance
 from ..process import (
     AbstractParameterisation,
     EpsPrediction,
@@ -27,37 +28,12 @@ from ..schedules import AbstractSchedule
 from ..weighting import AbstractWeighting
 
 
-def _sigmoid(x):
-    return np.asarray(np.exp(-np.logaddexp(0.0, -x)))
-
-
 def mse_ratio(parameterisation: AbstractParameterisation, lam) -> np.ndarray:
     r"""$r_P(\lambda) = \|\epsilon - \hat\epsilon\|^2 / \|P - \hat P\|^2$ for the VP process (K&G eq. 122–126).
 
-    Args:
-        parameterisation: one of `vdmpp.process`'s parameterisations.
-        lam: log-SNR(s).
-
-    Raises:
-        TypeError: for an unknown parameterisation.
+    The parameterisation's own `mse_ratio`, as float64 NumPy.
     """
-    lam = np.asarray(lam, dtype=np.float64)
-    if isinstance(parameterisation, EpsPrediction):
-        return np.ones_like(lam)
-    if isinstance(parameterisation, XPrediction):
-        return np.asarray(np.exp(lam))
-    if isinstance(parameterisation, VPrediction):
-        return _sigmoid(lam)
-    if isinstance(parameterisation, FPrediction):
-        return _sigmoid(lam + 2.0 * np.log(parameterisation.sigma_data))
-    if isinstance(parameterisation, ScorePrediction):
-        return _sigmoid(-lam)
-    if isinstance(parameterisation, OPrediction):
-        return np.asarray(_sigmoid(0.5 * lam) ** 2)
-    raise TypeError(
-        f"`parameterisation` must be one of vdmpp.process's EpsPrediction, XPrediction, VPrediction, FPrediction, "
-        f"ScorePrediction, OPrediction; got {type(parameterisation).__name__}."
-    )
+    return np.asarray(parameterisation.mse_ratio(lam), np.float64)
 
 
 ALL_PARAMETERISATIONS: tuple[AbstractParameterisation, ...] = (
@@ -162,12 +138,10 @@ def inspect_objective(
     Returns:
         An `ObjectiveReport` (use `.table()` and `.plot()`).
     """
-    if not isinstance(schedule, AbstractSchedule):
-        raise TypeError(f"`schedule` must be a vdmpp.schedules schedule; got {type(schedule).__name__}.")
-    if weighting is not None and not isinstance(weighting, AbstractWeighting):
-        raise TypeError(f"`weighting` must be an AbstractWeighting or None; got {type(weighting).__name__}.")
-    ratio_fn = mse_ratio  # validates the parameterisation
-    ratio_fn(parameterisation, 0.0)
+    check_instance(schedule, AbstractSchedule, "schedule", "vd.schedules.Cosine()")
+    if weighting is not None:
+        check_instance(weighting, AbstractWeighting, "weighting", "vd.weighting.Sigmoid(2.0)")
+    check_instance(parameterisation, AbstractParameterisation, "parameterisation", "vd.process.VPrediction()")
     if lam is None:
         lo, hi = max(float(schedule.lam_min), -15.0), min(float(schedule.lam_max), 15.0)
         grid = np.linspace(lo, hi, num)
@@ -182,13 +156,13 @@ def inspect_objective(
             )
     density = np.asarray(schedule.density(jnp.asarray(grid)), dtype=np.float64)
     if weighting is None:
-        weight = 2.0 * density / ratio_fn(parameterisation, grid)
+        weight = 2.0 * density / mse_ratio(parameterisation, grid)
     else:
         weight = np.asarray(weighting(jnp.asarray(grid)), dtype=np.float64)
     importance = weight / density
     logw = np.log(np.maximum(weight, np.finfo(np.float64).tiny))
     monotonic = bool(np.all(np.diff(logw) <= 1e-6))
-    mse = {_name(p): 0.5 * importance * ratio_fn(p, grid) for p in ALL_PARAMETERISATIONS}
+    mse = {_name(p): 0.5 * importance * mse_ratio(p, grid) for p in ALL_PARAMETERISATIONS}
     return ObjectiveReport(
         lam=grid, weight=weight, density=density, importance=importance, monotonic=monotonic, mse_weights=mse
     )

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._misc import concrete, is_int
 from .._types import Array, Float, PRNGKeyArray
 from ..process import vp_alpha_sigma
 from ..weighting import AbstractWeighting
@@ -94,12 +95,11 @@ def kl_path(
     lams = jnp.asarray(lams)
     if lams.ndim != 1 or lams.shape[0] < 2:
         raise ValueError(f"`lams` must be a 1-D grid with at least 2 points; got shape {lams.shape}.")
-    traced = isinstance(lams, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
-    if not traced and not bool(jnp.all(jnp.diff(lams) > 0)):
+    if concrete(lams) is not None and not bool(jnp.all(jnp.diff(lams) > 0)):
         raise ValueError("`lams` must be strictly increasing (from lam_min to lam_max).")
     if x.ndim < 2:
         raise ValueError(f"`x` must be a batch shaped (batch, *data); got shape {x.shape}.")
-    if not isinstance(num_samples, int) or num_samples < 2:
+    if not is_int(num_samples) or num_samples < 2:
         raise ValueError(f"`num_samples` must be an integer >= 2 (for the standard error); got {num_samples!r}.")
     eps = jr.normal(key, (num_samples,) + x.shape, x.dtype)
     errs = _errors(denoiser, x, eps, lams.astype(x.dtype))  # (L, S, B)

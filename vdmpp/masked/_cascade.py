@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._cascade_gaussian import CascadeTerms, check_weights
 from .._misc import check_positive_int
-from .._oracle_masked import EmpiricalMaskedDenoiser
 from .._types import Array, ArrayLike, Float, Int, PRNGKeyArray
+from ..losses import CascadeTerms
+from ..oracle import EmpiricalMaskedDenoiser
 from ._elbo import check_token_batch, masked_cross_entropy
 from ._process import masks_from_uniforms
 from ._schedules import AbstractMaskingSchedule
@@ -132,6 +132,6 @@ def weighted_cascade(
 ) -> Float[Array, " batch"]:
     r"""$\sum_i w_i L^{(i)}(x)$ (Theorem 2: $= -\sum_j W_j K_j + C$, $W_j = \sum_{i\le j} w_i$)."""
     check_positive_int(num_steps, "num_steps")
-    weights = check_weights(weights, num_steps)
+    weights = CascadeTerms.check_weights(weights, num_steps)
     terms = cascade_terms(denoiser, tokens, data, key=key, schedule=schedule, num_steps=num_steps, mask_id=mask_id)
     return terms.weighted(weights)

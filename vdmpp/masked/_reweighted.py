@@ -13,70 +13,82 @@ the same loss in importance form is $E_{\lambda \sim p}\big[\tfrac{w(\lambda)\al
 
 import functools as ft
 from collections.abc import Callable
-from typing import Any
+from typing import Literal, overload
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Bool
 
 from .._types import Array, Float, FloatLike, Int, PRNGKeyArray
-from ..losses import AbstractTimeSampler, LowDiscrepancy, WeightedLossAux
+from ..losses import WeightedLossAux
+from ..schedules import AbstractSchedule, AbstractTimeSampler, LowDiscrepancy
 from ..weighting import AbstractWeighting
 from ._elbo import check_token_batch, masked_cross_entropy
 from ._process import check_mask_id, checked_alpha, sample_mask
 from ._schedules import AbstractMaskingSchedule
 
 
-class Simple(eqx.Module):
-    r"""MaskGIT/MAR's "simple" weighting: $\tilde w(t) = (1-\alpha_t)/(-\alpha'_t)$.
+class Simple(AbstractWeighting):
+    r"""MaskGIT/MAR's "simple" weighting for a masking schedule: $\tilde w(t) = (1-\alpha_t)/(-\alpha'_t)$.
 
     Times the ELBO weight $-\alpha'_t/(1-\alpha_t)$ it is exactly 1: a constant weight on the
     cross-entropy of every masked token. (The slides print $(1-\alpha_t)/\alpha'_t$; the sign makes it
-    positive.) Unlike the $\lambda$-space weightings it depends on the masking schedule.
+    positive.) Unlike the $\lambda$-space weightings it depends on the masking schedule, so it holds it: as a
+    function of $\lambda$ it is $w(\lambda) = p(\lambda)/\alpha_\lambda$, $p$ the schedule's density of $\lambda$
+    (then $w(\lambda)\alpha_\lambda\,d\lambda = dt$). Use it with the same `schedule` in the loss.
+
+    Args:
+        schedule: the masking schedule the loss uses.
     """
 
-    def tilde_weight(self, schedule: AbstractMaskingSchedule, t: FloatLike) -> Float[Array, "*shape"]:
-        r"""$\tilde w(t) = (1-\alpha_t)/(-\alpha'_t)$."""
-        return schedule.one_minus_alpha(t) / -schedule.dalpha(t)
+    schedule: AbstractMaskingSchedule
 
-    def lam_weight(self, schedule: AbstractMaskingSchedule, lam: FloatLike) -> Float[Array, "*shape"]:
-        r"""The same weight as a function of $\lambda$: $w(\lambda) = p_{schedule}(\lambda)/\alpha_\lambda$."""
+    def log_weight(self, lam: FloatLike) -> Float[Array, "*shape"]:
+        r"""$\log(1 - \alpha_\lambda) - \log(-\alpha'_{t(\lambda)})$, i.e. $\log(p(\lambda)/\alpha_\lambda)$.
+
+        $1 - \alpha_\lambda = \mathrm{sigmoid}(-\lambda)$ straight from $\lambda$; only $\alpha'$ goes through the
+        inverse $t(\lambda)$ (exact for the linear schedule, whose $\alpha'$ is constant).
+        """
         lam = jnp.asarray(lam)
-        return schedule.density(lam) / jax.nn.sigmoid(lam)
+        return jax.nn.log_sigmoid(-lam) - jnp.log(-self.schedule.dalpha(self.schedule.t(lam)))
 
 
 def tilde_weight(
-    weighting: AbstractWeighting | Simple, schedule: AbstractMaskingSchedule, t: FloatLike
+    weighting: AbstractWeighting, schedule: AbstractMaskingSchedule, t: FloatLike
 ) -> Float[Array, "*shape"]:
-    r"""$\tilde w(t)$: $w(\lambda_t)$ for a $\lambda$-space weighting, or `Simple`'s $(1-\alpha)/(-\alpha')$."""
-    if isinstance(weighting, Simple):
-        return weighting.tilde_weight(schedule, t)
-    if isinstance(weighting, AbstractWeighting):
-        return weighting(schedule.lam(t))
-    raise TypeError(
-        f"`weighting` must be a vdmpp.weighting.AbstractWeighting or vdmpp.masked.Simple(); got {type(weighting)}."
-    )
+    r"""$\tilde w(t) = w(\lambda_t)$, $\lambda_t = \log(\alpha_t/(1-\alpha_t))$ (THEORY §8)."""
+    return weighting(schedule.lam(t))
 
 
-def _lam_weight(weighting, schedule: AbstractMaskingSchedule, lam: Array) -> Array:
-    if isinstance(weighting, Simple):
-        return weighting.lam_weight(schedule, lam)
-    if isinstance(weighting, AbstractWeighting):
-        return weighting(lam)
-    raise TypeError(
-        f"`weighting` must be a vdmpp.weighting.AbstractWeighting or vdmpp.masked.Simple(); got {type(weighting)}."
-    )
+@overload
+def reweighted_loss_at(
+    denoiser: Callable,
+    tokens: Int[Array, " batch *shape"],
+    t: Float[Array, " batch"],
+    mask: Bool[Array, " batch *shape"],
+    *,
+    schedule: AbstractMaskingSchedule,
+    weighting: AbstractWeighting,
+    mask_id: int,
+    importance: AbstractSchedule | None = None,
+    return_aux: Literal[False] = False,
+) -> Float[Array, " batch"]: ...
 
 
-def _check_importance(importance) -> None:
-    for attr in ("lam", "density"):
-        if not callable(getattr(importance, attr, None)):
-            raise TypeError(
-                "`importance` must provide `lam(t)` and `density(lam)` (e.g. `AdaptiveSchedule.bind(state)`, a "
-                f"vdmpp.schedules schedule or a masking schedule); got {type(importance).__name__}."
-            )
+@overload
+def reweighted_loss_at(
+    denoiser: Callable,
+    tokens: Int[Array, " batch *shape"],
+    t: Float[Array, " batch"],
+    mask: Bool[Array, " batch *shape"],
+    *,
+    schedule: AbstractMaskingSchedule,
+    weighting: AbstractWeighting,
+    mask_id: int,
+    importance: AbstractSchedule | None = None,
+    return_aux: Literal[True],
+) -> tuple[Float[Array, " batch"], WeightedLossAux]: ...
 
 
 def reweighted_loss_at(
@@ -86,15 +98,15 @@ def reweighted_loss_at(
     mask: Bool[Array, " batch *shape"],
     *,
     schedule: AbstractMaskingSchedule,
-    weighting: AbstractWeighting | Simple,
+    weighting: AbstractWeighting,
     mask_id: int,
-    importance: Any = None,
+    importance: AbstractSchedule | None = None,
     return_aux: bool = False,
 ) -> Float[Array, " batch"] | tuple[Float[Array, " batch"], WeightedLossAux]:
     r"""The reweighted loss's integrand at given times and masks, per example (deterministic core).
 
     Without `importance`: $\tilde w(t)\,\frac{-\alpha'_t}{1-\alpha_t}\sum_{masked}-\log\mu_\theta$, masks drawn
-    with $\alpha_t$ of `schedule`. With `importance` (an object with `lam(t)`, `density(lam)`):
+    with $\alpha_t$ of `schedule`. With `importance` (a schedule over $\lambda$):
     $\lambda = $ `importance.lam(t)`, masks drawn with $\alpha = \mathrm{sigmoid}(\lambda)$, and the integrand is
     $\frac{w(\lambda)\,\alpha_\lambda}{p(\lambda)}\sum_{masked}-\log\mu_\theta$.
 
@@ -108,13 +120,12 @@ def reweighted_loss_at(
     if importance is None:
         lam = schedule.lam(t)
         alpha = checked_alpha(schedule.alpha(t))
-        w_lam = _lam_weight(weighting, schedule, lam)
-        coeff = tilde_weight(weighting, schedule, t) * schedule.elbo_weight(t)
+        w_lam = weighting(lam)
+        coeff = w_lam * schedule.elbo_weight(t)
     else:
-        _check_importance(importance)
         lam = importance.lam(t)
         alpha = jax.nn.sigmoid(lam)
-        w_lam = _lam_weight(weighting, schedule, lam)
+        w_lam = weighting(lam)
         coeff = w_lam * alpha / importance.density(lam)
     ce = jax.vmap(ft.partial(masked_cross_entropy, denoiser, mask_id=mask_id))(tokens, mask, lam)
     loss = coeff * ce
@@ -123,15 +134,45 @@ def reweighted_loss_at(
     return loss
 
 
+@overload
 def reweighted_loss(
     denoiser: Callable,
     tokens: Int[Array, " batch *shape"],
     *,
     key: PRNGKeyArray,
     schedule: AbstractMaskingSchedule,
-    weighting: AbstractWeighting | Simple,
+    weighting: AbstractWeighting,
     mask_id: int,
-    importance: Any = None,
+    importance: AbstractSchedule | None = None,
+    time_sampler: AbstractTimeSampler = LowDiscrepancy(),
+    return_aux: Literal[False] = False,
+) -> Float[Array, " batch"]: ...
+
+
+@overload
+def reweighted_loss(
+    denoiser: Callable,
+    tokens: Int[Array, " batch *shape"],
+    *,
+    key: PRNGKeyArray,
+    schedule: AbstractMaskingSchedule,
+    weighting: AbstractWeighting,
+    mask_id: int,
+    importance: AbstractSchedule | None = None,
+    time_sampler: AbstractTimeSampler = LowDiscrepancy(),
+    return_aux: Literal[True],
+) -> tuple[Float[Array, " batch"], WeightedLossAux]: ...
+
+
+def reweighted_loss(
+    denoiser: Callable,
+    tokens: Int[Array, " batch *shape"],
+    *,
+    key: PRNGKeyArray,
+    schedule: AbstractMaskingSchedule,
+    weighting: AbstractWeighting,
+    mask_id: int,
+    importance: AbstractSchedule | None = None,
     time_sampler: AbstractTimeSampler = LowDiscrepancy(),
     return_aux: bool = False,
 ) -> Float[Array, " batch"] | tuple[Float[Array, " batch"], WeightedLossAux]:
@@ -146,10 +187,10 @@ def reweighted_loss(
         tokens: clean ids `(batch, *shape)`.
         key: PRNG key.
         schedule: the masking schedule (the time sampler's map to $\alpha$ when `importance` is None).
-        weighting: a `vdmpp.weighting` object or `vdmpp.masked.Simple()`.
+        weighting: a `vdmpp.weighting` object or `vdmpp.masked.Simple(schedule)`.
         mask_id: the mask token's id.
-        importance: optional density over $\lambda$ with `lam(t)` and `density(lam)`, e.g.
-            `AdaptiveSchedule(...).bind(state)`; then $\lambda$ is drawn from it and importance weighted.
+        importance: optional schedule over $\lambda$ (a `vdmpp.schedules.AbstractSchedule`, e.g.
+            `AdaptiveSchedule(...).bind(state)`); then $\lambda$ is drawn from it and importance weighted.
         time_sampler: `LowDiscrepancy()` (default), `Stratified()` or `IID()`.
         return_aux: also return `WeightedLossAux(lam, values)` for the adaptive schedule's update.
     """
@@ -159,11 +200,7 @@ def reweighted_loss(
         raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
     tkey, mkey = jr.split(key)
     t = time_sampler(tkey, tokens.shape[0], jnp.float32)
-    if importance is None:
-        alpha = schedule.alpha(t)
-    else:
-        _check_importance(importance)
-        alpha = jax.nn.sigmoid(importance.lam(t))
+    alpha = schedule.alpha(t) if importance is None else jax.nn.sigmoid(importance.lam(t))
     mask = sample_mask(mkey, tokens.shape, alpha)
     return reweighted_loss_at(
         denoiser,

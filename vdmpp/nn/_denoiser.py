@@ -1,4 +1,14 @@
-"""Turning a network into the denoiser callables that losses and samplers take."""
+r"""The one adapter from a network to the denoiser callables that losses and samplers take.
+
+A network is called as `model(z, lam, *, label=..., key=..., inference=...)` on ONE example. Losses and
+samplers call a denoiser `(z, lam) -> output` on one example and vmap it themselves. `ModelDenoiser` bridges
+the two and converts the output to $\hat\epsilon$ with the parameterisation the network was trained in.
+
+**Dropout-key policy (one, everywhere).** A `ModelDenoiser` holds at most one dropout key. Each call folds
+the bits of its own `(z, lam)` into that key, so the examples of a vmapped batch, which all see the same key,
+get different dropout masks, deterministically. Training losses build a fresh `ModelDenoiser` per step from
+the step's key; evaluation and sampling use `inference=True` and no key.
+"""
 
 from collections.abc import Callable
 
@@ -8,7 +18,8 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .. import process
-from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
+from .._misc import check_instance
+from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray, Shaped
 
 
 def _bits_hash(x: Array) -> Array:
@@ -22,25 +33,41 @@ def _bits_hash(x: Array) -> Array:
 
 
 class ModelDenoiser(eqx.Module):
-    """`(z, lam) -> model(z, lam, label=label, key=key, inference=inference)`: a network as a plain denoiser.
+    r"""A network as a denoiser on one example: `(z, lam[, label]) -> parameterisation.to_eps(z, model(z, lam))`.
 
-    A Module (not a closure), so passing it to a jitted function does not recompile for each new instance.
-    With a dropout `key`, each call folds the bits of `(z, lam)` into it, so the examples of a vmapped batch
-    (which all see the same `key`) get different dropout masks, deterministically.
+    A Module (not a closure), so passing a new one to a jitted function does not recompile. With the default
+    `EpsPrediction()` the network's output is returned as it is (also for masked models, whose output is logits).
+
+    Args:
+        model: a network called as `model(z, lam, *, [label,] key, inference)`.
+        parameterisation: what the network predicts (converted to $\hat\epsilon$).
+        label: class label passed to the model (`None`: the model is called without `label`); a call may pass
+            its own per-example `label` instead (losses do, for class-conditional training).
+        key: dropout key (see the module docstring for how each example derives its own).
+        inference: `False` to apply dropout (then `key` is needed when the model has dropout).
     """
 
     model: eqx.Module
-    label: Int[Array, ""] | int | None
-    key: PRNGKeyArray | None
-    inference: bool = eqx.field(static=True)
+    parameterisation: process.AbstractParameterisation = process.EpsPrediction()
+    label: Int[Array, ""] | int | None = None
+    key: PRNGKeyArray | None = None
+    inference: bool = eqx.field(static=True, default=True)
 
-    def __call__(self, z: Float[Array, "*data"], lam: FloatScalarLike) -> Float[Array, "*data"]:
-        """Apply the wrapped model to one example."""
+    def __check_init__(self):
+        check_instance(self.parameterisation, process.AbstractParameterisation, "parameterisation", "VPrediction()")
+
+    def __call__(
+        self, z: Shaped[Array, "*data"], lam: FloatScalarLike, label: Int[Array, ""] | int | None = None
+    ) -> Float[Array, "*data"] | Float[Array, "*data V"]:
+        """Apply the model to one example and convert its output to $\\hat\\epsilon$."""
         key = self.key
         if key is not None:
             key = jr.fold_in(key, _bits_hash(z))
             key = jr.fold_in(key, _bits_hash(jnp.asarray(lam, jnp.float32)))
-        return self.model(z, lam, label=self.label, key=key, inference=self.inference)  # pyright: ignore
+        label = self.label if label is None else label
+        kwargs = {} if label is None else {"label": label}
+        out = self.model(z, lam, key=key, inference=self.inference, **kwargs)  # pyright: ignore[reportCallIssue]
+        return self.parameterisation.to_eps(z, out, lam)
 
 
 def as_denoiser(
@@ -55,19 +82,12 @@ def as_denoiser(
 
     Args:
         model: a network called as `model(z, lam, *, label, key, inference)` (e.g. [`vdmpp.nn.UNet`][]).
-        parameterisation: what the network's output means (ε, x, v, F, o or score prediction); converted to
-            $\hat\epsilon$ with `vdmpp.process.as_eps_denoiser`.
-        label: class label for a class-conditional model (None: the null class, i.e. unconditional).
-        inference: False to apply dropout (then `key` is needed when the model has dropout; each example
-            folds its own `(z, lam)` into the key, so a vmapped batch gets independent-looking masks).
-        key: dropout key, only with `inference=False`.
+        parameterisation: what the network's output means (ε, x, v, F, o or score prediction).
+        label: class label for a class-conditional model (`None`: the model is called without a label).
+        inference: False to apply dropout (then `key` is needed when the model has dropout).
+        key: dropout key, only with `inference=False` (each example folds its own `(z, lam)` into it).
 
     Returns:
-        A callable on one example, `(z, lam) -> eps_hat` with the shape of `z`.
+        A `ModelDenoiser`: a callable on one example, `(z, lam) -> eps_hat` with the shape of `z`.
     """
-    if not isinstance(parameterisation, process.AbstractParameterisation):
-        raise TypeError(
-            f"`parameterisation` must be a vdmpp.process parameterisation object such as "
-            f"vd.process.VPrediction(); got {parameterisation!r}."
-        )
-    return process.as_eps_denoiser(ModelDenoiser(model, label, key, inference), parameterisation)
+    return ModelDenoiser(model, parameterisation, label, key, inference)

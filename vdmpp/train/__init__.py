@@ -1,14 +1,18 @@
-"""Training: train state, one jitted sharded step, EMA, NaN guard, checkpointing, metrics, the loop."""
+"""Training: objectives, the optimiser, one jitted donated step, sharding, EMA, checkpoints, metrics, the loop."""
 
-from ._checkpoint import Checkpointer as Checkpointer, CheckpointError as CheckpointError
+from ._checkpoint import (
+    Checkpointer as Checkpointer,
+    CheckpointError as CheckpointError,
+    config_differences as config_differences,
+)
+from ._gaussian import GaussianLoss as GaussianLoss
 from ._loop import (
     evaluate_bpd as evaluate_bpd,
     fit as fit,
     LoopConfig as LoopConfig,
     NonFiniteLossError as NonFiniteLossError,
 )
-from ._loss import AbstractLoss as AbstractLoss, GaussianLoss as GaussianLoss
-from ._masked_loss import MaskedLoss as MaskedLoss
+from ._masked import MaskedLoss as MaskedLoss
 from ._metrics import (
     atomic_write_bytes as atomic_write_bytes,
     atomic_write_json as atomic_write_json,
@@ -17,17 +21,21 @@ from ._metrics import (
     save_figure as save_figure,
     save_png as save_png,
 )
+from ._objective import AbstractLoss as AbstractLoss
+from ._optim import (
+    AbstractLRSchedule as AbstractLRSchedule,
+    make_optimizer as make_optimizer,
+    WarmupConstant as WarmupConstant,
+    WarmupCosine as WarmupCosine,
+)
 from ._sharding import (
     make_mesh as make_mesh,
     replicate_to_host as replicate_to_host,
     Sharding as Sharding,
 )
-from ._state import (
-    AbstractLRSchedule as AbstractLRSchedule,
+from ._step import (
     init_train_state as init_train_state,
-    make_optimizer as make_optimizer,
-    train_step as train_step,
+    make_train_step as make_train_step,
     TrainState as TrainState,
-    WarmupConstant as WarmupConstant,
-    WarmupCosine as WarmupCosine,
+    TrainStep as TrainStep,
 )

@@ -52,6 +52,14 @@ def _from_saveable(like: Any, flat: dict[str, Any]) -> Any:
     return eqx.combine(jtu.tree_unflatten(treedef, restored), static)
 
 
+def config_differences(saved: dict, current: dict, *, free_keys: tuple[str, ...] = ()) -> list[str]:
+    """The entries where two run configs differ, outside `free_keys`, after normalising both by a JSON round trip
+    (so a tuple and the list it was saved as compare equal)."""
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    keys = sorted((set(saved) | set(current)) - set(free_keys))
+    return _diff({k: saved.get(k, "<missing>") for k in keys}, {k: current.get(k, "<missing>") for k in keys})
+
+
 def _diff(saved: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
@@ -67,15 +75,15 @@ class Checkpointer:
     Args:
         directory: where the step directories go (created if missing).
         max_to_keep: how many recent checkpoints to keep.
-        compare_keys: the top-level config entries that must match on restore (the ones that
-            determine the state's structure and meaning, e.g. `("model", "loss", "data")`).
+        free_keys: top-level config entries that may differ on restore (settings that do not change the maths,
+            e.g. the output folder or the evaluation interval); every other entry must match.
     """
 
-    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, compare_keys: tuple[str, ...] = ()):
+    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, free_keys: tuple[str, ...] = ()):
         if max_to_keep < 1:
             raise ValueError(f"`max_to_keep` must be >= 1; got {max_to_keep}.")
         self.directory = pathlib.Path(directory).absolute()
-        self.compare_keys = compare_keys
+        self.free_keys = tuple(free_keys)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
         )
@@ -135,9 +143,7 @@ class Checkpointer:
         step = self._resolve(step)
         path = self.directory / str(step)
         saved_config = self.read_config(step)
-        diffs = []
-        for k in self.compare_keys:
-            diffs += _diff({k: saved_config.get(k, "<missing>")}, {k: config.get(k, "<missing>")})
+        diffs = config_differences(saved_config, config, free_keys=self.free_keys)
         if diffs:
             raise CheckpointError(
                 f"Checkpoint {path} was written by a run with a different config:\n  "

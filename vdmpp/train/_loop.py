@@ -15,13 +15,12 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ..weighting import AbstractWeighting
+from .._misc import check_positive_int
 from ._checkpoint import Checkpointer
-from ._loss import AbstractLoss, GaussianLoss
-from ._masked_loss import MaskedLoss
 from ._metrics import atomic_write_bytes, atomic_write_json, image_grid, MetricsLogger, save_figure, save_png
+from ._objective import AbstractLoss
 from ._sharding import make_mesh, replicate_to_host, Sharding
-from ._state import init_train_state, train_step, TrainState
+from ._step import init_train_state, make_train_step, TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,9 +67,7 @@ class LoopConfig:
 
     def __post_init__(self):
         for name in ("steps", "checkpoint_every", "log_every", "max_consecutive_skips", "max_to_keep", "accum_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be a positive integer; got {v!r}.")
+            check_positive_int(getattr(self, name), name)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1); got {self.ema_decay}.")
 
@@ -135,20 +132,16 @@ def _plots(workdir: pathlib.Path, logger: MetricsLogger, loss: AbstractLoss, sch
         ax.set(xlabel="step", ylabel="test bits/dim (EMA, -ELBO)", title="test bits/dim")
         save_figure(fig, workdir / "bpd_curve.png")
         written.append("bpd_curve.png")
-    sched, weighting = None, None
-    if isinstance(loss, GaussianLoss) and sched_state is not None:
-        sched, weighting = loss.schedule_at(sched_state), loss.weighting
-    elif isinstance(loss, MaskedLoss) and loss.importance is not None:
-        sched, weighting = loss.importance.bind(sched_state), loss.weighting
-    if sched is not None:
+    density = loss.noise_density(sched_state)
+    if density is not None:
+        sched, weighting = density
         lam = np.linspace(float(sched.lam_min), float(sched.lam_max), 801)
         dens = np.asarray(jax.vmap(sched.density)(jnp.asarray(lam, jnp.float32)))
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(lam, dens, label="learned p(λ)")
-        if isinstance(weighting, AbstractWeighting):
-            w = np.asarray(jax.vmap(weighting)(jnp.asarray(lam, jnp.float32)))
-            ax.plot(lam, w / np.trapezoid(w, lam), "--", label="w(λ) (normalised)")
-        ax.set(xlabel="λ (log-SNR)", ylabel="density", title="adaptive noise schedule")
+        ax.plot(lam, dens, label="p(λ) of the noise schedule")
+        w = np.asarray(jax.vmap(weighting)(jnp.asarray(lam, jnp.float32)))
+        ax.plot(lam, w / np.trapezoid(w, lam), "--", label="w(λ) (normalised)")
+        ax.set(xlabel="λ (log-SNR)", ylabel="density", title="noise schedule")
         ax.legend()
         save_figure(fig, workdir / "p_lambda.png")
         written.append("p_lambda.png")
@@ -168,8 +161,9 @@ def fit(
     resume: bool = False,
     test_data: np.ndarray | None = None,
     num_levels: int | None = None,
-    sampler: Callable[[Any, Any, Any], np.ndarray] | None = None,
-    compare_keys: tuple[str, ...] = ("model", "loss", "data", "optimizer"),
+    sample_shape: tuple[int, ...] | None = None,
+    sample_steps: int = 250,
+    decode_text: Callable[[np.ndarray], str] | None = None,
     sharding: Sharding | None = None,
 ) -> dict:
     """Train `model` on `dataset` with `loss`, checkpointing, logging and evaluating; return the summary.
@@ -182,14 +176,16 @@ def fit(
             process's batches `{"x": ..., "label": ...}`.
         loop: loop settings.
         workdir: output folder (metrics, plots, samples, `checkpoints/`, `summary.json`).
-        config: the run's full config as JSON-able dict, saved with every checkpoint.
+        config: the run's full config as a JSON-able dict, saved with every checkpoint. On resume every entry
+            except the `"run"` section (settings that do not change the maths) must equal the checkpoint's.
         key: base PRNG key of the run.
         resume: continue from the latest checkpoint in `workdir/checkpoints` (bit for bit).
         test_data: integer test set for the periodic bits/dim (EMA model); `None` to skip.
         num_levels: levels of the data (for the PNG grid).
-        sampler: `(ema_model, sched_state, key) -> integer images (n, H, W, C)` for PNG sample grids, or a
-            `str` (e.g. decoded text) written to `samples*.txt`.
-        compare_keys: config entries that must match the checkpoint's on resume.
+        sample_shape: `(num_samples, *example)` to draw samples of the EMA model with `loss.sample` (PNG grids of
+            images); `None` for no samples.
+        sample_steps: sampler steps.
+        decode_text: turns the samples (token ids) into text written to `samples*.txt` instead of a PNG.
         sharding: device layout (default: data parallel over all devices).
 
     Raises:
@@ -207,8 +203,11 @@ def fit(
             "or choose a new --workdir."
         )
     json.dumps(config)
-    ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, compare_keys=compare_keys)
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, free_keys=("run",))
     state = init_train_state(model, optimizer, loss, key=key)
+    train_step = make_train_step(
+        loss, optimizer, ema_decay=loop.ema_decay, accum_steps=loop.accum_steps, sharding=sharding
+    )
     state = sharding.shard_state(state)
     iterator = iter(dataset)
     start_step = None
@@ -241,15 +240,7 @@ def fit(
                     "or num_epochs is too small. Lower the batch size or repeat the data."
                 ) from None
             batch = sharding.shard_batch(local)
-            state, metrics = train_step(
-                state,
-                batch,
-                loss=loss,
-                optimizer=optimizer,
-                ema_decay=loop.ema_decay,
-                accum_steps=loop.accum_steps,
-                sharding=sharding,
-            )
+            state, metrics = train_step(state, batch)
             if int(metrics["skipped"]):
                 skips = int(metrics["skips"])
                 skipped_total = int(metrics["total_skips"])
@@ -275,8 +266,9 @@ def fit(
             if test_data is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
                 last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
                 logger.log(step, {"test_bpd": last_bpd}, kind="eval")
-            if sampler is not None and loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
-                _write_samples(workdir / f"samples_{step:06d}.png", state, sampler, key, step, num_levels, is_main)
+            if sample_shape is not None and loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
+                path = workdir / f"samples_{step:06d}.png"
+                _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
             if step % loop.checkpoint_every == 0 or step == loop.steps:
                 ckpt.save(step, state, data_state=iterator.get_state(), config=config)  # type: ignore[attr-defined]
         bar.close()
@@ -285,8 +277,10 @@ def fit(
         if test_data is not None:
             last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
             logger.log(step, {"test_bpd": last_bpd}, kind="eval")
-        if sampler is not None:
-            files.append(_write_samples(workdir / "samples.png", state, sampler, key, step, num_levels, is_main))
+        if sample_shape is not None:
+            path = workdir / "samples.png"
+            name = _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
+            files.append(name)
         summary = {
             "steps": step,
             "test_bpd": last_bpd,
@@ -323,15 +317,21 @@ def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop:
     )
 
 
-def _write_samples(path: pathlib.Path, state: TrainState, sampler, key, step: int, num_levels, is_main: bool) -> str:
-    out = sampler(state.ema_model(), state.sched_state, jr.fold_in(jr.fold_in(key, 2_000_003), step))
-    if isinstance(out, str):  # text samples
+@eqx.filter_jit
+def _sample(loss: AbstractLoss, model, sched_state, key, shape: tuple[int, ...], num_steps: int):
+    return loss.sample(model, sched_state, key=key, shape=shape, num_steps=num_steps)
+
+
+def _write_samples(path, state: TrainState, loss, shape, num_steps, decode_text, key, step: int, num_levels) -> str:
+    key = jr.fold_in(jr.fold_in(key, 2_000_003), step)
+    out = np.asarray(replicate_to_host(_sample(loss, state.ema_model(), state.sched_state, key, shape, num_steps)))
+    is_main = jax.process_index() == 0
+    if decode_text is not None:  # text samples
         path = path.with_suffix(".txt")
         if is_main:
-            atomic_write_bytes(path, out.encode())
+            atomic_write_bytes(path, decode_text(out).encode())
         return path.name
-    images = np.asarray(replicate_to_host(out))
     if is_main:
-        levels = num_levels or int(images.max()) + 1
-        save_png(image_grid(images, levels), path)
+        levels = num_levels or int(out.max()) + 1
+        save_png(image_grid(out, levels), path)
     return path.name

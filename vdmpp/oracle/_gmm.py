@@ -18,10 +18,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
-from ._misc import concrete
-from ._types import Array, Float, FloatScalarLike, PRNGKeyArray
-from .process import vp_alpha_sigma
+from .._misc import concrete
+from .._types import Array, Float, FloatScalarLike, PRNGKeyArray
+from ..process import vp_alpha_sigma
 
 
 class GaussianMixture(eqx.Module):
@@ -44,8 +45,10 @@ class GaussianMixture(eqx.Module):
         means = jnp.asarray(means)
         if not jnp.issubdtype(means.dtype, jnp.floating):
             means = means.astype(jnp.float32)
-        if means.ndim != 2:
-            raise ValueError(f"`means` must be shaped (K, D); got shape {means.shape}.")
+        if means.ndim != 2 or 0 in means.shape:
+            raise ValueError(f"`means` must be shaped (K, D) with K, D >= 1; got shape {means.shape}.")
+        if concrete(means) is not None and not np.all(np.isfinite(np.asarray(means))):
+            raise ValueError("`means` must be finite; it holds NaN/inf.")
         k, d = means.shape
         scales = jnp.asarray(scales, dtype=means.dtype)
         if scales.ndim == 0:
@@ -62,10 +65,10 @@ class GaussianMixture(eqx.Module):
         weights = jnp.asarray(weights, dtype=means.dtype)
         if weights.shape != (k,):
             raise ValueError(f"`weights` must be shaped (K,)=({k},); got shape {weights.shape}.")
-        if concrete(scales) is not None and not bool(jnp.all(scales > 0)):
-            raise ValueError(f"`scales` must be positive; got {scales}.")
-        if concrete(weights) is not None and not bool(jnp.all(weights > 0)):
-            raise ValueError(f"`weights` must be positive; got {weights}.")
+        if concrete(scales) is not None and not bool(jnp.all((scales > 0) & jnp.isfinite(scales))):
+            raise ValueError(f"`scales` must be positive and finite; got {scales}.")
+        if concrete(weights) is not None and not bool(jnp.all((weights > 0) & jnp.isfinite(weights))):
+            raise ValueError(f"`weights` must be positive and finite; got {weights}.")
         self.means = means
         self.scales = scales
         self.log_weights = jnp.log(weights) - jnp.log(jnp.sum(weights))

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import concrete
-from ._types import Array, ArrayLike, Float, FloatScalarLike, Int
+from .._misc import check_data, check_nonnegative_int, check_positive_int, concrete
+from .._types import Array, ArrayLike, Float, FloatScalarLike, Int
 
 
 class EmpiricalMaskedDenoiser(eqx.Module):
@@ -32,17 +32,13 @@ class EmpiricalMaskedDenoiser(eqx.Module):
     mask_id: int = eqx.field(static=True)
 
     def __init__(self, data: Int[ArrayLike, " N *shape"], vocab_size: int, mask_id: int):
-        data = jnp.asarray(data)
-        if data.ndim < 2:
-            raise ValueError(f"`data` must be shaped (N, *shape) with N rows; got shape {data.shape}.")
+        data = check_data(data, "data")
         if not jnp.issubdtype(data.dtype, jnp.integer):
             raise TypeError(f"`data` must hold integer token ids; got dtype {data.dtype}.")
-        if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
-            raise ValueError(f"`vocab_size` must be a positive int; got {vocab_size!r}.")
-        if not isinstance(mask_id, (int, np.integer)) or mask_id < 0:
-            raise ValueError(f"`mask_id` must be a non-negative int; got {mask_id!r}.")
-        if concrete(data) is not None:  # traced data (inside jit) cannot be checked here
-            arr = np.asarray(data)
+        check_positive_int(vocab_size, "vocab_size")
+        check_nonnegative_int(mask_id, "mask_id")
+        arr = concrete(data)
+        if arr is not None:  # traced data (inside jit) cannot be checked here
             if arr.min() < 0 or arr.max() >= vocab_size:
                 raise ValueError(f"`data` ids must lie in [0, {vocab_size}); got [{arr.min()}, {arr.max()}].")
             if np.any(arr == mask_id):

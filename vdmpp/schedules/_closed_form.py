@@ -11,16 +11,15 @@ Numerics: every untruncated schedule is written as $f(u, 1-u)$, with $1-u$ compu
 $\lambda(t)$ keeps full float32 precision near both ends.
 """
 
-import abc
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.special as jss
 
-from ._misc import as_float
-from ._types import Array, Float, FloatLike
+from .._misc import check_finite
+from .._types import Array
+from ._base import AbstractSchedule
 
 
 def _check_range(name: str, lam_min: float, lam_max: float, allow_infinite: bool) -> None:
@@ -36,11 +35,6 @@ def _check_range(name: str, lam_min: float, lam_max: float, allow_infinite: bool
         raise ValueError(f"{name} needs finite `lam_min` and `lam_max`; got lam_min={lam_min}, lam_max={lam_max}.")
 
 
-def _check_finite(name: str, arg: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"`{arg}` of {name} must be finite; got {value}.")
-
-
 def shift_for_resolution(d: int, base: int = 64) -> float:
     r"""The shift $s = \log(\mathrm{base}/d)$ for a $d \times d$ resolution (K&G App. D.2.1).
 
@@ -50,83 +44,6 @@ def shift_for_resolution(d: int, base: int = 64) -> float:
     if d <= 0 or base <= 0:
         raise ValueError(f"`d` and `base` must be positive; got d={d}, base={base}.")
     return math.log(base / d)
-
-
-class AbstractSchedule(eqx.Module):
-    r"""A noise schedule: a strictly decreasing $\lambda(t)$ on $[0, 1]$ and its density $p(\lambda)$.
-
-    Concrete schedules define the untruncated map $f(u, 1-u)$, its inverse and its density; this
-    base class applies the truncation to `lam_min`/`lam_max`.
-    """
-
-    lam_min: eqx.AbstractVar[float]
-    lam_max: eqx.AbstractVar[float]
-
-    @abc.abstractmethod
-    def _f(self, u: Array, v: Array) -> Array:
-        """Untruncated $\\lambda = f(u)$, given $u$ and $v = 1 - u$."""
-
-    @abc.abstractmethod
-    def _u(self, lam: Array) -> Array:
-        """Untruncated $f^{-1}(\\lambda)$."""
-
-    @abc.abstractmethod
-    def _v(self, lam: Array) -> Array:
-        """Untruncated $1 - f^{-1}(\\lambda)$, computed directly."""
-
-    @abc.abstractmethod
-    def _density(self, lam: Array) -> Array:
-        """Untruncated $p(\\lambda) = -d f^{-1}/d\\lambda$."""
-
-    def _t0_t1(self, dtype) -> tuple[Array, Array, Array]:
-        # t0 = f^-1(lam_max), 1 - t1 = 1 - f^-1(lam_min), and t1 - t0.
-        t0 = self._u(jnp.asarray(self.lam_max, dtype))
-        c1 = self._v(jnp.asarray(self.lam_min, dtype))
-        return t0, c1, (1 - t0) - c1
-
-    def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
-        r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$.
-
-        $\lambda(0) = \lambda_{max}$ and $\lambda(1) = \lambda_{min}$.
-        """
-        t = as_float(t)
-        t0, c1, width = self._t0_t1(t.dtype)
-        u = t0 + width * t
-        v = c1 + width * (1 - t)
-        # Where t0 (or 1 - t1) underflows to 0 (e.g. EDMTraining truncated at |lam| = 40 in float32), f would
-        # give +-inf at the ends: return the endpoint itself there, keeping f's input positive so grads stay finite.
-        tiny = jnp.finfo(u.dtype).tiny
-        lam = self._f(jnp.maximum(u, tiny), jnp.maximum(v, tiny))
-        lam_max = jnp.asarray(self.lam_max, lam.dtype)
-        lam_min = jnp.asarray(self.lam_min, lam.dtype)
-        return jnp.where(u <= 0, lam_max, jnp.where(v <= 0, lam_min, lam))
-
-    def t(self, lam: FloatLike) -> Float[Array, "*shape"]:
-        r"""Inverse map $\tilde f^{-1}(\lambda) = (f^{-1}(\lambda) - t_0)/(t_1 - t_0)$."""
-        lam = as_float(lam)
-        t0, c1, width = self._t0_t1(lam.dtype)
-        u = self._u(lam)
-        v = self._v(lam)
-        # use whichever of u, 1-u is the smaller (more precise) number
-        return jnp.where(u < 0.5, (u - t0) / width, 1 - (v - c1) / width)
-
-    def density(self, lam: FloatLike) -> Float[Array, "*shape"]:
-        r"""Density $\tilde p(\lambda) = p(\lambda)/(t_1 - t_0)$ on $[\lambda_{min}, \lambda_{max}]$, 0 outside."""
-        lam = as_float(lam)
-        _, _, width = self._t0_t1(lam.dtype)
-        lo = jnp.asarray(self.lam_min, lam.dtype)
-        hi = jnp.asarray(self.lam_max, lam.dtype)
-        # lam(0), lam(1) may round a few ulps past the ends; they still count as inside (else w/p = inf there)
-        rel = 64 * jnp.finfo(lam.dtype).eps
-        inside = (lam >= lo - rel * jnp.maximum(1.0, jnp.abs(lo))) & (lam <= hi + rel * jnp.maximum(1.0, jnp.abs(hi)))
-        safe = jnp.clip(lam, lo, hi)
-        return jnp.where(inside, self._density(safe) / width, 0.0)
-
-    def dlam_dt(self, t: FloatLike) -> Float[Array, "*shape"]:
-        r"""$d\lambda/dt = -1/\tilde p(\lambda(t))$ (closed form, no autodiff)."""
-        lam = self.lam(t)
-        _, _, width = self._t0_t1(lam.dtype)
-        return -width / self._density(lam)
 
 
 def _log_sech(x: Array) -> Array:
@@ -205,7 +122,7 @@ class ShiftedCosine(AbstractSchedule):
     lam_max: float = 20.0
 
     def __check_init__(self):
-        _check_finite("ShiftedCosine", "shift", self.shift)
+        check_finite(self.shift, "shift", "ShiftedCosine")
         _check_range("ShiftedCosine", self.lam_min, self.lam_max, allow_infinite=True)
 
     def _f(self, u, v):

@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from ._misc import check_positive_int, concrete
-from ._types import Array, ArrayLike, Float, PRNGKeyArray
-from .losses import prior_kl
-from .oracle import EmpiricalDenoiser
-from .process import vp_alpha_sigma
-from .schedules import AbstractSchedule
+from .._misc import check_positive_int, concrete
+from .._types import Array, ArrayLike, Float, PRNGKeyArray
+from ..oracle import EmpiricalDenoiser
+from ..process import vp_alpha_sigma
+from ..schedules import AbstractSchedule
+from ._elbo import prior_kl
 
 
 class CascadeTerms(eqx.Module):
@@ -49,11 +49,15 @@ class CascadeTerms(eqx.Module):
 
     def weighted(self, weights: Float[Array, " T"]) -> Float[Array, " batch"]:
         r"""$\sum_i w_i L^{(i)}$."""
-        return self.bounds @ check_weights(weights, self.kl.shape[1])
+        return self.bounds @ self.check_weights(weights, self.kl.shape[1])
+
+    @staticmethod
+    def check_weights(weights, num_steps: int) -> Array:
+        """Weights $w_i \\ge 0$, one per step (Theorem 2), as float32."""
+        return _check_weights(weights, num_steps)
 
 
-def check_weights(weights, num_steps: int) -> Array:
-    """Weights $w_i \\ge 0$, one per step."""
+def _check_weights(weights, num_steps: int) -> Array:
     weights = jnp.asarray(weights)
     if weights.shape != (num_steps,):
         raise ValueError(f"`weights` must have shape ({num_steps},) (one per step); got {weights.shape}.")

@@ -9,9 +9,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._gmm import GaussianMixture as GaussianMixture
-from ._types import Array, Float, FloatScalarLike
-from .process import vp_alpha_sigma
+from .._misc import check_data
+from .._types import Array, Float, FloatScalarLike
+from ..process import vp_alpha_sigma
 
 
 class EmpiricalDenoiser(eqx.Module):
@@ -27,12 +27,7 @@ class EmpiricalDenoiser(eqx.Module):
     data: Float[Array, " N *data"]
 
     def __init__(self, data: Float[Array, " N *data"]):
-        data = jnp.asarray(data)
-        if data.ndim < 2:
-            raise ValueError(f"`data` must be shaped (N, *data) with N rows; got shape {data.shape}.")
-        if not jnp.issubdtype(data.dtype, jnp.floating):
-            raise TypeError(f"`data` must be float (in model space); got dtype {data.dtype}.")
-        self.data = data
+        self.data = check_data(data, "data", floating=True)
 
     def posterior_logits(self, z: Float[Array, "*data"], lam: FloatScalarLike) -> Float[Array, " N"]:
         r"""Unnormalised log posterior $-\|z - \alpha x_n\|^2/(2\sigma^2)$ over the rows."""
@@ -67,6 +62,3 @@ class EmpiricalDenoiser(eqx.Module):
         pi = self.posterior(z, lam)
         resid = (z[None] - alpha * self.data) / sigma
         return jnp.tensordot(pi, resid, axes=1)
-
-
-from ._oracle_masked import EmpiricalMaskedDenoiser as EmpiricalMaskedDenoiser  # noqa: E402
