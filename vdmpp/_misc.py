@@ -80,3 +80,10 @@ def check_instance(value: Any, cls: type, name: str, example: str = "") -> None:
     if not isinstance(value, cls):
         hint = f", e.g. {example}" if example else ""
         raise TypeError(f"`{name}` must be a {cls.__module__}.{cls.__qualname__}{hint}; got {value!r}.")
+
+
+def check_batch_shape(x: Any, name: str) -> None:
+    """`x` must be a non-empty batch shaped `(batch, *example)` (at least 2-d, no empty axis)."""
+    shape = jnp.shape(x)
+    if len(shape) < 2 or 0 in shape:
+        raise ValueError(f"`{name}` must be a non-empty batch shaped (batch, *data); got shape {shape}.")

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._misc import concrete, is_int
+from .._misc import check_batch_shape, concrete, is_int
 from .._types import Array, Float, PRNGKeyArray, Shaped
 from ..process import vp_alpha_sigma
 from ..schedules import AbstractSchedule, AbstractTimeSampler, LowDiscrepancy
@@ -86,8 +86,7 @@ def _check_levels(x_int, num_levels: int) -> Array:
             f"`x_uint8` must hold integer levels (e.g. uint8); got dtype {jnp.asarray(x_int).dtype}. "
             "Pass the raw integer data; the loss does the scaling."
         )
-    if jnp.ndim(x_int) < 2:
-        raise ValueError(f"`x_uint8` must be a batch shaped (batch, *data); got shape {jnp.shape(x_int)}.")
+    check_batch_shape(x_int, "x_uint8")
     values = concrete(x_int)
     if values is not None:
         lo, hi = int(values.min()), int(values.max())

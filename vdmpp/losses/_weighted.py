@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._misc import check_batch_shape
 from .._types import Array, Float, PRNGKeyArray
 from ..process import vp_alpha_sigma
 from ..schedules import AbstractSchedule, AbstractTimeSampler, LowDiscrepancy
@@ -35,8 +36,7 @@ class WeightedLossAux(eqx.Module):
 
 def check_batch(name: str, x: Array, t: Array | None = None, eps: Array | None = None) -> None:
     """A float batch `(batch, *data)`, with one time per example and noise shaped like it."""
-    if x.ndim < 2:
-        raise ValueError(f"`{name}` must be a batch shaped (batch, *data); got shape {x.shape}.")
+    check_batch_shape(x, name)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be a float array; got dtype {x.dtype}. Scale integer data first.")
     if t is not None and t.shape != x.shape[:1]:

@@ -20,7 +20,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Bool
 
-from .._misc import check_positive_int
+from .._misc import check_batch_shape, check_positive_int
 from .._types import Array, Float, FloatLike, Int, PRNGKeyArray
 from ..losses import AbstractTimeSampler, LowDiscrepancy
 from ._process import apply_mask, check_mask_id, check_tokens, checked_alpha, sample_mask
@@ -49,8 +49,7 @@ def check_token_batch(denoiser: Callable, tokens, mask_id, *, t=None, **like_tok
     arrays shaped like `tokens` (named by their keyword). Returns `(tokens, vocab_size, mask_id)`."""
     mask_id = check_mask_id(mask_id)
     tokens = jnp.asarray(tokens)
-    if tokens.ndim < 2:
-        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
+    check_batch_shape(tokens, "tokens")
     vocab = infer_vocab_size(denoiser, tokens[0])
     tokens = check_tokens(tokens, mask_id=mask_id, vocab_size=vocab)
     if t is not None and jnp.shape(t) != tokens.shape[:1]:
@@ -152,8 +151,7 @@ def elbo(
     check_num_steps(num_steps)
     mask_id = check_mask_id(mask_id)
     tokens = jnp.asarray(tokens)
-    if tokens.ndim < 2:
-        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
+    check_batch_shape(tokens, "tokens")
     tkey, mkey = jr.split(key)
     u = time_sampler(tkey, tokens.shape[0], jnp.float32)
     if num_steps is None:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Bool
 
+from .._misc import check_batch_shape
 from .._types import Array, Float, FloatLike, Int, PRNGKeyArray
 from ..losses import WeightedLossAux
 from ..schedules import AbstractSchedule, AbstractTimeSampler, LowDiscrepancy
@@ -196,8 +197,7 @@ def reweighted_loss(
     """
     mask_id = check_mask_id(mask_id)
     tokens = jnp.asarray(tokens)
-    if tokens.ndim < 2:
-        raise ValueError(f"`tokens` must be a batch shaped (batch, *shape); got shape {tokens.shape}.")
+    check_batch_shape(tokens, "tokens")
     tkey, mkey = jr.split(key)
     t = time_sampler(tkey, tokens.shape[0], jnp.float32)
     alpha = schedule.alpha(t) if importance is None else jax.nn.sigmoid(importance.lam(t))
