@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from .._misc import concrete
 from .._types import Array, Float, Int, PRNGKeyArray
 
 
@@ -22,12 +23,8 @@ class _Init:
 
     def __init__(self, key: PRNGKeyArray):
         self._key = key
-        try:
-            seed = np.asarray(jr.key_data(key)).ravel().tolist()
-        except jax.errors.TracerArrayConversionError:  # traced key: use jax.random
-            self._rng = None
-        else:
-            self._rng = np.random.default_rng(seed)
+        data = concrete(jr.key_data(key))  # None for a traced key (cheap: no conversion error is built)
+        self._rng = None if data is None else np.random.default_rng(data.ravel().tolist())
 
     def _next_key(self) -> PRNGKeyArray:
         self._key, sub = jr.split(self._key)
