@@ -10,14 +10,15 @@ from ._records import RecordArray
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
 class Dataset:
-    """A data set with a fixed train/test split (NumPy arrays on the host).
+    """A data set with a fixed train/test split (NumPy arrays on the host, or lazily read ArrayRecord splits).
 
     Attributes:
-        train, test: uint8 images `(N, H, W, C)`, integer tokens `(N, seq_len)` or float32 toy points `(N, D)`.
+        train, test: uint8 images `(N, H, W, C)`, integer tokens `(N, seq_len)` or float32 toy points `(N, D)`;
+            NumPy arrays, or [`RecordArray`][vdmpp.data.RecordArray]s for data loaded from ArrayRecord files.
         num_levels: number of discrete values per pixel/token (17 for digits, 256 for 8-bit images, the
             alphabet size for text); None for continuous toy data.
         kind: "image", "text" or "toy".
-        train_labels, test_labels: int64 class labels `(N,)`, or None.
+        train_labels, test_labels: int64 class labels `(N,)` (arrays or `RecordArray`s), or None.
         num_classes: number of classes, or None.
         name: a short description (source name or path).
         vocab: the text alphabet (token id i is `vocab[i]`), or None.

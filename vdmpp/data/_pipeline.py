@@ -97,8 +97,8 @@ def pipeline(
     Raises:
         ValueError: bad batch size (e.g. larger than the data set shard), shard, labels or workers.
     """
-    records = isinstance(array, RecordArray)
-    if not records:
+    records = array if isinstance(array, RecordArray) else None
+    if records is None:
         array = np.asarray(array)
         if array.ndim < 1:
             raise ValueError(f"`array` must have a leading example axis; got a scalar of dtype {array.dtype}.")
@@ -119,10 +119,9 @@ def pipeline(
     if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
         raise ValueError(f"`num_epochs` must be None (repeat forever) or a positive int; got {num_epochs!r}.")
     check_nonnegative_int(num_workers, "num_workers", " (0: read in this process)")
-    if records:
-        assert isinstance(array, RecordArray)
-        with_labels = _check_record_labels(array, labels)
-        ds = grain.MapDataset.source(array.source)[shard_index::shard_count]
+    if records is not None:
+        with_labels = _check_record_labels(records, labels)
+        ds = grain.MapDataset.source(records.source)[shard_index::shard_count]
     else:
         if labels is not None:
             labels = np.asarray(labels)
@@ -133,7 +132,7 @@ def pipeline(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)  # reshuffles every epoch (reseed_each_epoch)
-    if records:
+    if records is not None:
         ds = ds if with_labels else ds.map(_DropLabel())
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
