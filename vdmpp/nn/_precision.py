@@ -1,7 +1,6 @@
 r"""Mixed precision for the networks (THEORY §15) and the base class every vdmpp network shares."""
 
 import abc
-from typing import Self
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -66,7 +65,7 @@ class AbstractNetwork(eqx.Module):
     def __call__(self, *args, **kwargs) -> Array:
         """Apply the network to one example."""
 
-    def with_precision(self, precision: Precision) -> Self:
+    def with_precision(self, precision: Precision):
         """The same network (same parameters) computing under `precision`."""
         if not isinstance(precision, Precision):
             raise TypeError(
