@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
 from ._layers import Embedding, init_rng, Linear, sub_key
+from ._precision import Precision
 
 
 def _check_lam_range(lam_min: float, lam_max: float) -> None:
@@ -40,12 +41,16 @@ def sinusoidal(u: Float[Array, ""], dim: int, max_period: float = 10_000.0) -> F
 class LamEmbedding(eqx.Module):
     r"""Embedding of the log-SNR: sinusoidal features of the normalised $\lambda$, then a two-layer SiLU MLP.
 
+    The normalisation and the sinusoids are computed in float32 whatever the compute dtype (THEORY §15:
+    $\sin(1000\,u\,\omega)$ in bfloat16 would lose the fine λ resolution); the MLP runs in the compute dtype.
+
     Args:
         dim: output width.
         lam_min, lam_max: the range mapped to $[0, 1]$ (values outside are clipped).
         key: initialisation key.
         num_features: number of sinusoidal features (default `dim`).
         scale: $u \in [0, 1]$ is multiplied by `scale` before the sinusoids (ADM uses time steps up to 1000).
+        hidden_dim: width of the MLP's hidden layer (default `dim`; MD4 uses `4 * dim`).
     """
 
     lam_min: float = eqx.field(static=True)
@@ -64,28 +69,46 @@ class LamEmbedding(eqx.Module):
         key: PRNGKeyArray,
         num_features: int | None = None,
         scale: float = 1000.0,
+        hidden_dim: int | None = None,
     ):
         _check_lam_range(lam_min, lam_max)
         check_positive_int(dim, "dim")
         num_features = dim if num_features is None else num_features
+        hidden_dim = dim if hidden_dim is None else hidden_dim
         check_positive_int(num_features, "num_features")
+        check_positive_int(hidden_dim, "hidden_dim")
         rng = init_rng(key)
         self.lam_min, self.lam_max = float(lam_min), float(lam_max)
         self.num_features, self.scale = num_features, float(scale)
-        self.linear1 = Linear(num_features, dim, key=sub_key(rng))
-        self.linear2 = Linear(dim, dim, key=sub_key(rng))
+        self.linear1 = Linear(num_features, hidden_dim, key=sub_key(rng))
+        self.linear2 = Linear(hidden_dim, dim, key=sub_key(rng))
 
     def normalise(self, lam: FloatScalarLike) -> Float[Array, ""]:
         r"""$u = \mathrm{clip}((\lambda - \lambda_{\min})/(\lambda_{\max} - \lambda_{\min}), 0, 1)$."""
-        lam = jnp.asarray(lam, dtype=self.linear1.weight.dtype)
+        lam = jnp.asarray(lam, dtype=jnp.float32)
         if lam.shape != ():
             raise ValueError(f"`lam` must be a scalar (one example; vmap outside); got shape {lam.shape}.")
         return jnp.clip((lam - self.lam_min) / (self.lam_max - self.lam_min), 0.0, 1.0)
 
-    def __call__(self, lam: FloatScalarLike) -> Float[Array, " dim"]:
-        """Return the embedding of one scalar $\\lambda$."""
-        feats = sinusoidal(self.normalise(lam) * self.scale, self.num_features)
-        return self.linear2(jax.nn.silu(self.linear1(feats)))
+    def __call__(self, lam: FloatScalarLike, precision: Precision = Precision()) -> Float[Array, " dim"]:
+        """Return the embedding of one scalar $\\lambda$ (in the compute dtype of `precision`)."""
+        feats = sinusoidal(self.normalise(lam) * self.scale, self.num_features)  # float32 island
+        return self.linear2(jax.nn.silu(self.linear1(precision.cast(feats))))
+
+
+def fourier_features(z: Float[Array, "*shape c"], start: int, stop: int) -> Float[Array, "*shape f"]:
+    r"""VDM's base-2 Fourier features of the input: $\sin$ and $\cos$ of $2^k \cdot 2\pi z$, $k$ in
+    `range(start, stop)`, for every channel; `2 * C * (stop - start)` features, channel-major.
+
+    Computed in float32 (THEORY §15: at $2^7 \cdot 2\pi$ a bfloat16 `z` would give random phases); the
+    high frequencies let the network see the fine, low-bit structure of nearly clean data (VDM §3.4).
+    """
+    z32 = jnp.asarray(z, jnp.float32)
+    freqs = 2.0 * math.pi * 2.0 ** jnp.arange(start, stop, dtype=jnp.float32)
+    h = (z32[..., :, None] * freqs.reshape((1,) * z32.ndim + (-1,))).reshape(
+        *z.shape[:-1], z.shape[-1] * (stop - start)
+    )
+    return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
 
 
 class ClassEmbedding(eqx.Module):

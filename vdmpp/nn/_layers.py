@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from .._misc import concrete
 from .._types import Array, Float, Int, PRNGKeyArray
 
 
@@ -22,12 +23,8 @@ class _Init:
 
     def __init__(self, key: PRNGKeyArray):
         self._key = key
-        try:
-            seed = np.asarray(jr.key_data(key)).ravel().tolist()
-        except jax.errors.TracerArrayConversionError:  # traced key: use jax.random
-            self._rng = None
-        else:
-            self._rng = np.random.default_rng(seed)
+        data = concrete(jr.key_data(key))  # None for a traced key (cheap: no conversion error is built)
+        self._rng = None if data is None else np.random.default_rng(data.ravel().tolist())
 
     def _next_key(self) -> PRNGKeyArray:
         self._key, sub = jr.split(self._key)
@@ -53,6 +50,19 @@ class _Init:
             return scale * jr.normal(self._next_key(), shape)
         return jnp.asarray((scale * self._rng.standard_normal(shape)).astype(np.float32))
 
+    def truncated_normal(self, shape: tuple[int, ...], std: float) -> Array:
+        """Normal truncated to ±2 standard deviations, rescaled to standard deviation `std` (Flax's
+        `variance_scaling(..., "truncated_normal")`), float32."""
+        scale = std / 0.87962566103423978  # std of a standard normal truncated to [-2, 2]
+        if self._rng is None:
+            return scale * jr.truncated_normal(self._next_key(), -2.0, 2.0, shape)
+        x = self._rng.standard_normal(shape)
+        bad = np.abs(x) > 2.0
+        while bad.any():  # redraw the tails: exactly the truncated distribution
+            x[bad] = self._rng.standard_normal(int(bad.sum()))
+            bad = np.abs(x) > 2.0
+        return jnp.asarray((scale * x).astype(np.float32))
+
 
 def init_rng(key: PRNGKeyArray) -> _Init:
     """An initialiser seeded from `key` (NumPy on the host for concrete keys, see `_Init`)."""
@@ -65,44 +75,73 @@ def sub_key(rng: _Init) -> PRNGKeyArray:
 
 
 class Linear(eqx.Module):
-    """Affine map `x @ W.T + b` on the last axis; PyTorch/Equinox initialisation (uniform ±1/sqrt(in)).
+    """Affine map `x @ W.T + b` on the last axis, computed in the dtype of `x` (weights are cast to it).
 
     Args:
         in_features, out_features: sizes.
+        bias: with a bias (zero-initialised when `std` is given).
         zero_init: start with zero weight and bias (output layers).
+        std: None for PyTorch/Equinox's initialisation (uniform ±1/sqrt(in)); a float for a truncated
+            normal of that standard deviation (Flax's `lecun_normal` is `std = 1/sqrt(in)`).
         key: initialisation key.
     """
 
     weight: Float[Array, "out in"]
-    bias: Float[Array, " out"]
+    bias: Float[Array, " out"] | None
 
-    def __init__(self, in_features: int, out_features: int, *, zero_init: bool = False, key: PRNGKeyArray):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        zero_init: bool = False,
+        std: float | None = None,
+        key: PRNGKeyArray,
+    ):
         rng = init_rng(key)
-        lim = 0.0 if zero_init else 1.0 / math.sqrt(in_features)
-        self.weight = rng.uniform((out_features, in_features), lim)
-        self.bias = rng.uniform((out_features,), lim)
+        if zero_init or std is None:
+            lim = 0.0 if zero_init else 1.0 / math.sqrt(in_features)
+            self.weight = rng.uniform((out_features, in_features), lim)
+            self.bias = rng.uniform((out_features,), lim) if bias else None
+        else:
+            self.weight = rng.truncated_normal((out_features, in_features), std)
+            self.bias = jnp.zeros((out_features,)) if bias else None
 
     def __call__(self, x: Float[Array, "*batch in"]) -> Float[Array, "*batch out"]:
         """Apply to the last axis (any leading axes)."""
-        w, b = self.weight.astype(x.dtype), self.bias.astype(x.dtype)
-        return x @ w.T + jnp.broadcast_to(b, x.shape[:-1] + b.shape)
+        y = x @ self.weight.astype(x.dtype).T
+        if self.bias is None:
+            return y
+        return y + jnp.broadcast_to(self.bias.astype(x.dtype), y.shape)
+
+
+def _normalise(x: Array, axes: tuple[int, ...], eps: float) -> Array:
+    """`(x - mean) / sqrt(var + eps)` over `axes` with the statistics in float32 (THEORY §15); dtype of `x`."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 class LayerNorm(eqx.Module):
-    """Layer normalisation over the last axis with a learned scale and shift."""
+    """Layer normalisation over the last axis (statistics in float32), with a learned scale and shift
+    unless `affine=False` (DiT's adaLN norms, whose scale and shift come from the conditioning)."""
 
-    weight: Float[Array, " c"]
-    bias: Float[Array, " c"]
+    weight: Float[Array, " c"] | None
+    bias: Float[Array, " c"] | None
     eps: float = eqx.field(static=True)
 
-    def __init__(self, channels: int, eps: float = 1e-5):
-        self.weight, self.bias, self.eps = jnp.ones((channels,)), jnp.zeros((channels,)), eps
+    def __init__(self, channels: int, eps: float = 1e-5, *, affine: bool = True):
+        self.weight = jnp.ones((channels,)) if affine else None
+        self.bias = jnp.zeros((channels,)) if affine else None
+        self.eps = eps
 
     def __call__(self, x: Float[Array, "*batch c"]) -> Float[Array, "*batch c"]:
         """Normalise the last axis."""
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.var(x, axis=-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        y = _normalise(x, (-1,), self.eps)
+        if self.weight is None or self.bias is None:
+            return y
         return y * jnp.broadcast_to(self.weight.astype(x.dtype), x.shape) + jnp.broadcast_to(
             self.bias.astype(x.dtype), x.shape
         )
@@ -166,32 +205,38 @@ class Conv2d(eqx.Module):
 
 
 class GroupNorm(eqx.Module):
-    """Group normalisation over a channels-last image `(H, W, C)` (statistics per group over H, W, C/G)."""
+    """Group normalisation of a channels-last image `(H, W, C)`: statistics (in float32) per group over
+    H, W, C/G; a learned scale and shift unless `affine=False`."""
 
-    weight: Float[Array, " c"]
-    bias: Float[Array, " c"]
+    weight: Float[Array, " c"] | None
+    bias: Float[Array, " c"] | None
     groups: int = eqx.field(static=True)
     eps: float = eqx.field(static=True)
 
-    def __init__(self, groups: int, channels: int, eps: float = 1e-5):
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5, *, affine: bool = True):
         if channels % groups:
             raise ValueError(
                 f"GroupNorm needs `channels` divisible by the number of groups; got {channels} channels and "
                 f"{groups} groups. Choose channel widths that are multiples of `num_groups`."
             )
-        self.weight, self.bias = jnp.ones((channels,)), jnp.zeros((channels,))
+        self.weight = jnp.ones((channels,)) if affine else None
+        self.bias = jnp.zeros((channels,)) if affine else None
         self.groups, self.eps = groups, eps
 
     def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "h w c"]:
         """Normalise."""
         h, w, c = x.shape
-        xg = x.reshape(h, w, self.groups, c // self.groups)
-        mean = jnp.mean(xg, axis=(0, 1, 3), keepdims=True)
-        var = jnp.var(xg, axis=(0, 1, 3), keepdims=True)
-        xg = (xg - mean) * jax.lax.rsqrt(var + self.eps)
-        return (
-            xg.reshape(h, w, c) * self.weight.astype(x.dtype)[None, None, :] + self.bias.astype(x.dtype)[None, None, :]
-        )
+        y = _normalise(x.reshape(h, w, self.groups, c // self.groups), (0, 1, 3), self.eps).reshape(h, w, c)
+        if self.weight is None or self.bias is None:
+            return y
+        return y * self.weight.astype(x.dtype)[None, None, :] + self.bias.astype(x.dtype)[None, None, :]
+
+
+def attention(q: Float[Array, "L h d"], k: Float[Array, "L h d"], v: Float[Array, "L h d"]) -> Float[Array, "L h d"]:
+    """Bidirectional multi-head attention with `jax.nn.dot_product_attention`, whose logits and softmax are
+    float32 for bfloat16 inputs (THEORY §15)."""
+    with jax.numpy_dtype_promotion("standard"):  # it promotes bfloat16 to its float32 logits internally
+        return jax.nn.dot_product_attention(q, k, v)
 
 
 class SelfAttention(eqx.Module):
@@ -214,5 +259,5 @@ class SelfAttention(eqx.Module):
         length, c = x.shape
         q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
         shape = (length, self.num_heads, c // self.num_heads)
-        out = jax.nn.dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape))
+        out = attention(q.reshape(shape), k.reshape(shape), v.reshape(shape))
         return self.proj(out.reshape(length, c))

@@ -13,6 +13,7 @@ from ._embed import (
     LamEmbedding,
 )
 from ._layers import init_rng, LayerNorm, Linear, sub_key
+from ._precision import AbstractNetwork, call_block, Precision, to_float32
 
 
 class _MLPBlock(eqx.Module):
@@ -36,7 +37,7 @@ class _MLPBlock(eqx.Module):
         return h + self.linear2(y)
 
 
-class MLP(eqx.Module):
+class MLP(AbstractNetwork):
     r"""Residual MLP for data of shape `(D,)`: `model(z, lam, *, label=None, key=None, inference=False)`.
 
     Output has the shape of `z` and is read in whatever parameterisation the model is trained for (see
@@ -51,8 +52,12 @@ class MLP(eqx.Module):
         num_classes: number of classes for class conditioning (an extra null class is added), or None.
         dropout: dropout rate inside the blocks (needs `key` when `inference=False`).
         key: initialisation key.
+        precision: compute dtype policy ([`vdmpp.nn.Precision`][]); the output is float32.
+        remat: rematerialise each block in the backward pass (`jax.checkpoint`).
     """
 
+    precision: Precision
+    remat: bool = eqx.field(static=True)
     data_dim: int = eqx.field(static=True)
     num_classes: int | None = eqx.field(static=True)
     dropout_rate: float = eqx.field(static=True)
@@ -75,12 +80,15 @@ class MLP(eqx.Module):
         num_classes: int | None = None,
         dropout: float = 0.0,
         key: PRNGKeyArray,
+        precision: Precision = Precision(),
+        remat: bool = False,
     ):
         for name, value in (("data_dim", data_dim), ("width", width), ("depth", depth), ("emb_dim", emb_dim)):
             check_positive_int(value, name)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
         rng = init_rng(key)
+        self.precision, self.remat = precision, bool(remat)
         self.data_dim, self.num_classes, self.dropout_rate = data_dim, num_classes, float(dropout)
         self.lam_embed = LamEmbedding(emb_dim, lam_min, lam_max, key=sub_key(rng))
         self.class_embed = None if num_classes is None else ClassEmbedding(num_classes, emb_dim, key=sub_key(rng))
@@ -103,11 +111,11 @@ class MLP(eqx.Module):
             raise ValueError(f"`z` must have shape ({self.data_dim},) (one example; vmap outside); got {z.shape}.")
         _check_label(self.num_classes, label)
         key = _dropout_key(self.dropout_rate, key, inference)
-        emb = self.lam_embed(lam)
+        emb = self.lam_embed(lam, self.precision)
         if self.class_embed is not None:
-            emb = emb + self.class_embed(label)
+            emb = emb + self.precision.cast(self.class_embed(label))
         keys = [None] * len(self.blocks) if key is None else list(jr.split(key, len(self.blocks)))
-        h = self.inp(z)
+        h = self.inp(self.precision.cast(z))
         for block, k in zip(self.blocks, keys):
-            h = block(h, emb, k, inference)
-        return self.out(jax.nn.silu(self.out_norm(h))).astype(z.dtype)
+            h = call_block(self.remat, block, h, emb, k, inference)
+        return to_float32(self.out(jax.nn.silu(self.out_norm(h))))

@@ -11,6 +11,7 @@ from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
 from ._embed import _dropout_key, LamEmbedding, sinusoidal
 from ._layers import Embedding, init_rng, LayerNorm, Linear, SelfAttention, sub_key
+from ._precision import AbstractNetwork, call_block, Precision, to_float32
 
 
 def _sinusoidal_positions(length: int, dim: int) -> Float[Array, "L dim"]:
@@ -50,7 +51,7 @@ class _Block(eqx.Module):
         return x + h2
 
 
-class Transformer(eqx.Module):
+class Transformer(AbstractNetwork):
     r"""Bidirectional transformer on one token array: `model(tokens, lam, *, key=None, inference=False)`.
 
     `tokens` is an integer array of any shape (a sequence, or an H×W×C pixel grid), flattened to a sequence
@@ -73,8 +74,12 @@ class Transformer(eqx.Module):
         lam_min, lam_max: $\lambda$ range for the normalised embedding (±inf is clipped to the ends).
         dropout: dropout rate (needs `key` when `inference=False`).
         key: initialisation key.
+        precision: compute dtype policy ([`vdmpp.nn.Precision`][]); the logits are float32.
+        remat: rematerialise each block in the backward pass (`jax.checkpoint`).
     """
 
+    precision: Precision
+    remat: bool = eqx.field(static=True)
     vocab_size: int = eqx.field(static=True)
     seq_len: int | None = eqx.field(static=True)
     dim: int = eqx.field(static=True)
@@ -102,6 +107,8 @@ class Transformer(eqx.Module):
         lam_max: float = 12.0,
         dropout: float = 0.0,
         key: PRNGKeyArray,
+        precision: Precision = Precision(),
+        remat: bool = False,
     ):
         for name, value in (
             ("vocab_size", vocab_size),
@@ -118,6 +125,7 @@ class Transformer(eqx.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
         rng = init_rng(key)
+        self.precision, self.remat = precision, bool(remat)
         self.vocab_size, self.seq_len, self.dim, self.dropout_rate = vocab_size, seq_len, dim, float(dropout)
         self.token_embed = Embedding(vocab_size + 1, dim, scale=0.02, key=sub_key(rng))
         if not learned_positions:
@@ -171,12 +179,13 @@ class Transformer(eqx.Module):
             x = x + self.pos_embed.weight
         else:
             x = x + _sinusoidal_positions(length, self.dim)
-        emb = None if self.lam_embed is None else self.lam_embed(lam)
+        x = self.precision.cast(x)
+        emb = None if self.lam_embed is None else self.lam_embed(lam, self.precision)
         keys = [None] * len(self.blocks) if key is None else list(jr.split(key, len(self.blocks)))
         for block, k in zip(self.blocks, keys):
-            x = block(x, emb, k, inference)
+            x = call_block(self.remat, block, x, emb, k, inference)
         x = self.norm_out(x)
         if self.out_modulation is not None and emb is not None:
             shift, scale = jnp.split(self.out_modulation(jax.nn.silu(emb)), 2)
             x = x * (1 + scale[None, :]) + shift[None, :]
-        return self.out(x).reshape(*shape, self.vocab_size)
+        return to_float32(self.out(x)).reshape(*shape, self.vocab_size)

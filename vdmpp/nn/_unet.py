@@ -7,8 +7,9 @@ import jax.random as jr
 
 from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
-from ._embed import _check_label, _dropout_key, ClassEmbedding, LamEmbedding
+from ._embed import _check_label, _dropout_key, ClassEmbedding, fourier_features, LamEmbedding
 from ._layers import Conv2d, GroupNorm, init_rng, Linear, SelfAttention, sub_key
+from ._precision import AbstractNetwork, call_block, Precision, to_float32
 
 
 class _ResBlock(eqx.Module):
@@ -19,13 +20,18 @@ class _ResBlock(eqx.Module):
     dropout: eqx.nn.Dropout
     conv2: Conv2d
     skip: Conv2d | None
+    scale_shift: bool = eqx.field(static=True)
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float, *, key: PRNGKeyArray):
+    def __init__(self, cin, cout, emb_dim, groups, dropout, scale_shift, *, key):
         rng = init_rng(key)
         k1, k2, k3, k4 = (sub_key(rng) for _ in range(4))
         self.norm1 = GroupNorm(groups, cin)
         self.conv1 = Conv2d(cin, cout, 3, key=k1)
-        self.emb_proj = Linear(emb_dim, 2 * cout, key=k2)  # scale and shift (ADM's use_scale_shift_norm)
+        self.scale_shift = scale_shift
+        if scale_shift:  # ADM's use_scale_shift_norm: scale and shift of the second norm
+            self.emb_proj = Linear(emb_dim, 2 * cout, key=k2)
+        else:  # VDM: a bias-free, zero-initialised projection added after the first convolution
+            self.emb_proj = Linear(emb_dim, cout, bias=False, zero_init=True, key=k2)
         self.norm2 = GroupNorm(groups, cout)
         self.dropout = eqx.nn.Dropout(dropout)
         self.conv2 = Conv2d(cout, cout, 3, zero_init=True, key=k3)  # the block starts as the identity
@@ -33,8 +39,12 @@ class _ResBlock(eqx.Module):
 
     def __call__(self, x, emb, key, inference):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
-        scale, shift = jnp.split(self.emb_proj(jax.nn.silu(emb)).astype(x.dtype), 2)
-        h = self.norm2(h) * (1 + scale[None, None, :]) + shift[None, None, :]
+        cond = self.emb_proj(jax.nn.silu(emb))
+        if self.scale_shift:
+            scale, shift = jnp.split(cond, 2)
+            h = self.norm2(h) * (1 + scale[None, None, :]) + shift[None, None, :]
+        else:
+            h = self.norm2(h + cond[None, None, :])
         h = self.dropout(jax.nn.silu(h), key=key, inference=inference)
         h = self.conv2(h)
         return (x if self.skip is None else self.skip(x)) + h
@@ -58,7 +68,7 @@ class _Level(eqx.Module):
     attn: tuple[_AttnBlock | None, ...]
 
 
-class UNet(eqx.Module):
+class UNet(AbstractNetwork):
     r"""ADM/VDM-style U-Net on one channels-last image: `model(z, lam, *, label=None, key=None, inference=False)`.
 
     Residual blocks with GroupNorm and scale-shift conditioning on the embedding of the normalised
@@ -69,7 +79,10 @@ class UNet(eqx.Module):
 
     Sizes: tiny for tests (`base_channels=8, channel_mults=(1, 2), num_res_blocks=1`), ADM-like for
     CIFAR-10 (`base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=3, attention_levels=(1,),
-    num_heads=4, num_groups=32, dropout=0.1`: 50.7M parameters, built in ~3 s).
+    num_heads=4, num_groups=32, dropout=0.1`: 50.7M parameters, built in ~3 s). VDM's CIFAR-10 score
+    network is `channel_mults=(1,)` (no downsampling), `num_res_blocks=32`, `attention_levels=()`,
+    `base_channels=128`, `num_groups=32`, `fourier_features=(6, 8)`, `scale_shift=False` (the preset
+    `vdm_cifar10` in `experiments/_presets.py`).
     Height and width must be divisible by `2 ** (len(channel_mults) - 1)`.
 
     Args:
@@ -84,8 +97,17 @@ class UNet(eqx.Module):
         lam_min, lam_max: $\lambda$ range for the normalised embedding.
         num_classes: classes for class conditioning (plus a null class), or None.
         key: initialisation key.
+        fourier_features: `(start, stop)` to append VDM's base-2 Fourier features of `z` (frequencies
+            $2^k \cdot 2\pi$, `k` in `range(start, stop)`; VDM uses `(6, 8)`) to the input, or None.
+        scale_shift: condition each residual block through the scale and shift of its second norm (ADM);
+            False adds a projection of the embedding after the first convolution (VDM).
+        precision: compute dtype policy ([`vdmpp.nn.Precision`][]); the output is float32.
+        remat: rematerialise each residual block in the backward pass (`jax.checkpoint`).
     """
 
+    precision: Precision
+    remat: bool = eqx.field(static=True)
+    fourier: tuple[int, int] | None = eqx.field(static=True)
     channels: int = eqx.field(static=True)
     num_classes: int | None = eqx.field(static=True)
     dropout_rate: float = eqx.field(static=True)
@@ -118,6 +140,10 @@ class UNet(eqx.Module):
         lam_max: float = 20.0,
         num_classes: int | None = None,
         key: PRNGKeyArray,
+        fourier_features: tuple[int, int] | None = None,
+        scale_shift: bool = True,
+        precision: Precision = Precision(),
+        remat: bool = False,
     ):
         for name, value in (
             ("channels", channels),
@@ -135,17 +161,25 @@ class UNet(eqx.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
+        if fourier_features is not None:
+            if len(fourier_features) != 2 or not all(isinstance(k, int) for k in fourier_features):
+                raise ValueError(f"`fourier_features` must be None or (start, stop) ints; got {fourier_features!r}.")
+            if fourier_features[0] >= fourier_features[1]:
+                raise ValueError(f"`fourier_features` must have start < stop, e.g. (6, 8); got {fourier_features!r}.")
+            fourier_features = (int(fourier_features[0]), int(fourier_features[1]))
         emb_dim = 4 * base_channels
         rng = init_rng(key)
         keys = iter(lambda: sub_key(rng), None)  # endless
+        self.precision, self.remat, self.fourier = precision, bool(remat), fourier_features
         self.channels, self.num_classes, self.dropout_rate = channels, num_classes, float(dropout)
         self.num_levels = len(channel_mults)
         self.lam_embed = LamEmbedding(emb_dim, lam_min, lam_max, key=next(keys), num_features=base_channels)
         self.class_embed = None if num_classes is None else ClassEmbedding(num_classes, emb_dim, key=next(keys))
-        self.conv_in = Conv2d(channels, base_channels, 3, key=next(keys))
+        cin = channels if fourier_features is None else channels * (1 + 2 * (fourier_features[1] - fourier_features[0]))
+        self.conv_in = Conv2d(cin, base_channels, 3, key=next(keys))
 
         def res(cin, cout):
-            return _ResBlock(cin, cout, emb_dim, num_groups, dropout, key=next(keys))
+            return _ResBlock(cin, cout, emb_dim, num_groups, dropout, scale_shift, key=next(keys))
 
         def attn(c, level):
             return _AttnBlock(c, num_groups, num_heads, key=next(keys)) if level in attention_levels else None
@@ -203,29 +237,33 @@ class UNet(eqx.Module):
         key = _dropout_key(self.dropout_rate, key, inference)
         num_res = sum(len(lvl.res) for lvl in self.down + self.up) + 2
         keys = iter([None] * num_res if key is None else list(jr.split(key, num_res)))
-        emb = self.lam_embed(lam)
+        emb = self.lam_embed(lam, self.precision)
         if self.class_embed is not None:
-            emb = emb + self.class_embed(label)
-        emb = emb.astype(z.dtype)
+            emb = emb + self.precision.cast(self.class_embed(label))
+        if self.fourier is not None:  # float32 island, then the compute dtype
+            z = jnp.concatenate([z.astype(jnp.float32), fourier_features(z, *self.fourier)], axis=-1)
 
-        h = self.conv_in(z)
+        def res(block, h):
+            return call_block(self.remat, block, h, emb, next(keys), inference)
+
+        h = self.conv_in(self.precision.cast(z))
         hs = [h]
         for i, level in enumerate(self.down):
             for block, attn in zip(level.res, level.attn):
-                h = block(h, emb, next(keys), inference)
+                h = res(block, h)
                 if attn is not None:
                     h = attn(h)
                 hs.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
                 hs.append(h)
-        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb, next(keys), inference)), emb, next(keys), inference)
+        h = res(self.mid_res2, self.mid_attn(res(self.mid_res1, h)))
         for i, level in enumerate(self.up):
             for block, attn in zip(level.res, level.attn):
-                h = block(jnp.concatenate([h, hs.pop()], axis=-1), emb, next(keys), inference)
+                h = res(block, jnp.concatenate([h, hs.pop()], axis=-1))
                 if attn is not None:
                     h = attn(h)
             if i < len(self.upsample):
                 h = jnp.repeat(jnp.repeat(h, 2, axis=0), 2, axis=1)  # nearest-neighbour x2
                 h = self.upsample[i](h)
-        return self.conv_out(jax.nn.silu(self.norm_out(h))).astype(z.dtype)
+        return to_float32(self.conv_out(jax.nn.silu(self.norm_out(h))))
