@@ -417,7 +417,9 @@ def test_elbo_bpd_bad_input(getkey):
     key = getkey()
     with pytest.raises(TypeError, match=r"`x_uint8` must hold integer levels.*float32"):
         L.elbo_bpd(NET, jnp.zeros((2, DIM), jnp.float32), key=key, schedule=s)
-    with pytest.raises(ValueError, match=r"`x_uint8` must be a non-empty batch shaped \(batch, \*data\); got shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"`x_uint8` must be a non-empty batch shaped \(batch, \*data\); got shape \(4,\)"
+    ):
         L.elbo_bpd(NET, jnp.zeros((DIM,), jnp.uint8), key=key, schedule=s)
     with pytest.raises(ValueError, match=r"values must lie in \[0, 16\] for num_levels=17; got values in \[0, 200\]"):
         L.elbo_bpd(NET, jnp.array([[0, 1, 2, 200]], jnp.uint8), key=key, schedule=s, num_levels=17)

@@ -149,22 +149,26 @@ def _step(
     with jax.numpy_dtype_promotion("standard"):
         value, aux, grads = _loss_and_grads(state.model, batch, key, state.sched_state, loss, accum_steps)
         grad_norm = optax.global_norm(grads)
-        # a non-finite gradient entry makes the global norm non-finite (one reduction, shared with clipping)
+        # a non-finite gradient entry makes the global norm non-finite (one reduction)
         finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
         trainable, rest = eqx.partition(state.params, eqx.is_inexact_array)
-        updates, new_opt_state = optimizer.update(grads, state.opt_state, trainable)
 
-        # The guard is a select inside each leaf's own elementwise update (one fused loop per leaf),
-        # not a separate pass over the whole state afterwards.
-        def keep_if_bad(new, old):
-            return jnp.where(finite, new, old)
+        def apply(operands):
+            trainable, opt_state, ema, sched_state = operands
+            updates, opt_state = optimizer.update(grads, opt_state, trainable)
+            trainable = jtu.tree_map(lambda p, u: p + u, trainable, updates)
+            ema = jtu.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, trainable)
+            return trainable, opt_state, ema, loss.update_schedule(sched_state, aux)
 
-        new_trainable = jtu.tree_map(lambda p, u: keep_if_bad(p + u, p), trainable, updates)
-        # The EMA reads the (guarded) new parameters, not `p + u`: then the update `u` has one consumer and is
-        # computed inside the parameters' fused loop instead of being written out as a separate array.
-        ema = jtu.tree_map(lambda e, p: keep_if_bad(ema_decay * e + (1.0 - ema_decay) * p, e), state.ema, new_trainable)
-        opt_state = jtu.tree_map(keep_if_bad, new_opt_state, state.opt_state)
-        sched_state = jtu.tree_map(keep_if_bad, loss.update_schedule(state.sched_state, aux), state.sched_state)
+        def skip(operands):
+            return operands
+
+        # The guard is a branch, not a select per leaf: with the state donated, a select that reads the old
+        # optimiser moments after they are updated in place makes XLA copy every moment first (a 10-20 % slower
+        # step on the CPU); under a branch each buffer is updated in place once.
+        new_trainable, opt_state, ema, sched_state = jax.lax.cond(
+            finite, apply, skip, (trainable, state.opt_state, state.ema, state.sched_state)
+        )
         bad = (~finite).astype(jnp.int32)
         new_state = TrainState(
             params=eqx.combine(new_trainable, rest),
