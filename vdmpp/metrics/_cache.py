@@ -163,7 +163,8 @@ def feature_network(
 
     The cache entry is keyed on the data's fingerprint (name, shape, levels, classes and a SHA-256 of the
     arrays), the seed and the config, and is verified on load, so a network of another data set or shape
-    is never reused. Nothing is downloaded.
+    is never reused. Nothing is downloaded. In a multi-process run every process loads or trains the
+    network (training is deterministic, so all get the same one) and process 0 writes the cache.
 
     Args:
         dataset: a `vdmpp.data.Dataset` of labelled images, or a name for `vd.data.load` (e.g. `"digits"`).
@@ -177,7 +178,8 @@ def feature_network(
     if (entry / _META).is_file():
         return load_feature_network(entry, dataset)
     net, info = train_feature_network(dataset, seed=seed, config=config, progress=progress)
-    if entry.exists():  # an incomplete earlier save
-        shutil.rmtree(entry)
-    save_feature_network(entry, net, info)
+    if jax.process_index() == 0:  # every process trains the same network (deterministic); one writes it
+        if entry.exists():  # an incomplete earlier save
+            shutil.rmtree(entry)
+        save_feature_network(entry, net, info)
     return net

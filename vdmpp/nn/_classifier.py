@@ -34,7 +34,7 @@ class Classifier(eqx.Module):
     (strided convolution). Global average pooling, a hidden linear layer with SiLU (the **features**,
     `feature_dim` wide: the penultimate layer, used by [`vdmpp.metrics`][] like Inception's pool3 in FID)
     and a linear head giving the logits. Any image size works (pooling is global); for 8×8 digits and
-    28×28 MNIST the default `widths=(16, 32, 64)` has 67k parameters.
+    28×28 MNIST the default `widths=(16, 32, 64)` has 77k parameters.
 
     Feed images scaled like the training data: integer levels $v$ map to $2(v + \tfrac12)/L - 1$
     ([`vdmpp.losses.uint8_to_float`][]). [`vdmpp.metrics.FeatureNetwork`][] does this for batches of integer images.
