@@ -8,6 +8,7 @@ from . import (
     data as data,
     losses as losses,
     masked as masked,
+    metrics as metrics,
     nn as nn,
     oracle as oracle,
     process as process,

@@ -1,5 +1,6 @@
 """Networks (Equinox, one example at a time): MLP, U-Net, transformers; conditioned on the log-SNR λ."""
 
+from ._classifier import Classifier as Classifier
 from ._denoiser import as_denoiser as as_denoiser, ModelDenoiser as ModelDenoiser
 from ._dit import DiT as DiT
 from ._embed import ClassEmbedding as ClassEmbedding, LamEmbedding as LamEmbedding
