@@ -16,6 +16,7 @@ import jax.tree_util as jtu
 import numpy as np
 import orbax.checkpoint as ocp
 
+from .._io import atomic_write_json
 from .._misc import check_nonnegative_int
 from ..nn import Classifier
 from ._extractor import FeatureNetwork
@@ -60,7 +61,6 @@ def _skeleton(meta: dict) -> Classifier:
 def save_feature_network(directory: str | os.PathLike, net: FeatureNetwork, info: dict[str, Any]) -> None:
     """Write a trained network to `directory`: orbax parameters, then `feature_network.json` (written last,
     atomically, so a directory without it is incomplete). `info` is what `train_feature_network` returned."""
-    from ..train import atomic_write_json  # imported here: vdmpp.train may use the metrics
 
     if not isinstance(net, FeatureNetwork):
         raise TypeError(f"`net` must be a FeatureNetwork; got {type(net).__name__}.")

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.linalg
 from jaxtyping import ArrayLike, Float
 
+from .._io import atomic_write_bytes
 from .._misc import is_int
 from ._checks import check_features
 
@@ -111,7 +112,6 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `mu`, `sigma` (and `n` when known) to an `.npz`, atomically."""
-        from ..train import atomic_write_bytes  # imported here: vdmpp.train may use the metrics
 
         arrays: dict[str, np.ndarray] = {"mu": self.mu, "sigma": self.sigma}
         if self.n is not None:

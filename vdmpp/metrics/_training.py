@@ -79,7 +79,7 @@ def data_fingerprint(dataset: Any) -> dict[str, Any]:
         "name": dataset.name,
         "example_shape": list(dataset.example_shape),
         "num_levels": int(dataset.num_levels or 0),
-        "num_classes": int(dataset.num_classes or int(dataset.train_labels.max()) + 1),
+        "num_classes": int(dataset.num_classes or int(np.asarray(dataset.train_labels).max()) + 1),
         "num_train": int(dataset.train.shape[0]),
         "num_test": int(dataset.test.shape[0]),
         "sha256": h.hexdigest(),

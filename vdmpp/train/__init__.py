@@ -1,5 +1,6 @@
 """Training: objectives, the optimiser, one jitted donated step, sharding, EMA, checkpoints, metrics, the loop."""
 
+from .._io import atomic_write_bytes as atomic_write_bytes, atomic_write_json as atomic_write_json
 from ._checkpoint import (
     Checkpointer as Checkpointer,
     CheckpointError as CheckpointError,
@@ -14,8 +15,6 @@ from ._loop import (
 )
 from ._masked import MaskedLoss as MaskedLoss
 from ._metrics import (
-    atomic_write_bytes as atomic_write_bytes,
-    atomic_write_json as atomic_write_json,
     image_grid as image_grid,
     MetricsLogger as MetricsLogger,
     save_figure as save_figure,

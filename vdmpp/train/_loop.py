@@ -15,9 +15,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from .._io import atomic_write_bytes, atomic_write_json
 from .._misc import check_positive_int
 from ._checkpoint import Checkpointer
-from ._metrics import atomic_write_bytes, atomic_write_json, image_grid, MetricsLogger, save_figure, save_png
+from ._metrics import image_grid, MetricsLogger, save_figure, save_png
 from ._objective import AbstractLoss
 from ._sharding import make_mesh, replicate_to_host, Sharding
 from ._step import init_train_state, make_train_step, TrainState
