@@ -13,8 +13,9 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
-from .._misc import as_float
+from .._misc import as_float, check_instance
 from .._types import Array, ArrayLike, Float, FloatLike
 
 
@@ -89,10 +90,13 @@ class AbstractSchedule(AbstractNoiseSchedule):
         """Untruncated $p(\\lambda) = -d f^{-1}/d\\lambda$."""
 
     def _t0_t1(self, dtype) -> tuple[Array, Array, Array]:
-        # t0 = f^-1(lam_max), 1 - t1 = 1 - f^-1(lam_min), and t1 - t0.
+        # t0 = f^-1(lam_max), 1 - t1 = 1 - f^-1(lam_min), and t1 - t0. The width is (1 - t0) - (1 - t1) with
+        # 1 - t0 computed directly: from 1 - t0 in float32, lam(0) was off by 2 ulp(1) / (1 - t0) (1.3e-5 for
+        # ShiftedCosine(shift=4) truncated at 0.03125, where 1 - t0 = 0.012), past lam_max, where p = 0.
         t0 = self._u(jnp.asarray(self.lam_max, dtype))
+        c0 = self._v(jnp.asarray(self.lam_max, dtype))
         c1 = self._v(jnp.asarray(self.lam_min, dtype))
-        return t0, c1, (1 - t0) - c1
+        return t0, c1, c0 - c1
 
     def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$.
@@ -137,3 +141,45 @@ class AbstractSchedule(AbstractNoiseSchedule):
         lam = self.lam(t)
         _, _, width = self._t0_t1(lam.dtype)
         return -width / self._density(lam)
+
+
+def check_numerics(schedule: AbstractNoiseSchedule, *, num: int = 1025) -> None:
+    r"""Raise a `ValueError` if a schedule is degenerate on its own range in float32 (under its initial state).
+
+    Checked on grids of `num` points: $\lambda(t)$ is finite and runs from $\lambda_{max}$ at $t = 0$ to
+    $\lambda_{min}$ at $t = 1$ (to 1% of the range), and the density $p(\lambda(t))$ is finite and positive for
+    $0 < t < 1$ (where it is 0, underflowed or negative, the importance weight $w/p$ of the weighted loss is
+    infinite or negative). Parameters that push the schedule's mass far outside the range (e.g.
+    a huge `ShiftedCosine` shift) fail here.
+
+    Args:
+        schedule: the schedule to check (fixed or adaptive).
+        num: number of grid points.
+
+    Raises:
+        ValueError: naming the schedule (with its parameters) and what is wrong where.
+    """
+    check_instance(schedule, AbstractNoiseSchedule, "schedule", "vd.schedules.Cosine(-10.0, 10.0)")
+    bound = schedule.bind(schedule.init())
+    lo, hi = float(bound.lam_min), float(bound.lam_max)
+    t = np.linspace(0.0, 1.0, num, dtype=np.float32)
+    lam = np.asarray(bound.lam(jnp.asarray(t)), np.float64)
+    tol = 0.01 * (hi - lo)
+    bad = np.flatnonzero(~np.isfinite(lam))
+    if bad.size:
+        i = int(bad[0])
+        why = f"λ(t) = {lam[i]} at t = {t[i]:.4g}"
+    elif abs(lam[0] - hi) > tol or abs(lam[-1] - lo) > tol:
+        why = f"λ(0) = {lam[0]:.6g} and λ(1) = {lam[-1]:.6g} instead of λ_max = {hi:.6g} and λ_min = {lo:.6g}"
+    else:
+        inner = jnp.asarray(lam[1:-1], jnp.float32)  # the λ's training draws (t = 0 and 1 exactly are measure zero)
+        p = np.asarray(bound.density(inner), np.float64)
+        bad = np.flatnonzero(~(np.isfinite(p) & (p > 0)))
+        if not bad.size:
+            return
+        i = int(bad[0])
+        why = f"its density p(λ) = {p[i]:.3g} at λ = {lam[i + 1]:.4g}, so the loss weight w/p is not finite there"
+    raise ValueError(
+        f"{schedule!r} is degenerate in float32: {why}. Choose parameters that keep its mass inside "
+        f"[λ_min, λ_max] = [{lo:.4g}, {hi:.4g}]."
+    )
