@@ -5,8 +5,9 @@
 `Config` is a frozen dataclass with a `debug: bool` field. A user error (a bad flag value, a missing or unreadable
 file, an unusable workdir or checkpoint) prints ONE line, `error: ...`, naming the flag, file or argument, the bad
 value and the fix, and exits with status 2; a run that started and then failed on a non-finite number exits with
-status 1. `--debug` shows the full traceback instead. Validation helpers (`flags`, `at_least`, `in_range`) turn
-the library's messages about a field into messages about its flag.
+status 1 (a `FloatingPointError`, e.g. `vd.train.NonFiniteLossError`). `--debug` shows the full traceback
+instead. Validation helpers (`flags`, `at_least`, `finite`, `in_range`) turn the library's messages about a field
+into messages about its flag.
 """
 
 import contextlib
@@ -17,6 +18,8 @@ import pathlib
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+
+import numpy as np
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,6 +88,34 @@ def in_range(cfg: Any, name: str, lo: float, hi: float, *, closed: str = "[)") -
         raise ConfigError(f"`{flag(name)}` must lie in {closed[0]}{lo}, {hi}{closed[1]}; got {value!r}.")
 
 
+def _first_non_finite(obj: Any, path: str) -> str | None:
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        try:
+            values = [float(v) for v in np.ravel(np.asarray(obj, dtype=float))]
+        except (TypeError, ValueError):
+            return None
+        return path if not all(math.isfinite(v) for v in values) else None
+    for k, v in items:
+        found = _first_non_finite(v, f"{path}[{k!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite_results(results: Any, what: str) -> None:
+    """Stop with a `FloatingPointError` (exit status 1) before anything is plotted or written if a number is NaN/inf."""
+    found = _first_non_finite(results, "results")
+    if found is not None:
+        raise FloatingPointError(
+            f"{what} produced a non-finite number at {found}; nothing was plotted or written. Check the settings "
+            "(learning rate, weighting, steps) and run again."
+        )
+
+
 def fail(e: BaseException, code: int) -> None:
     """Print `error: <message>` (one line, unless the message has several) and leave at once.
 
@@ -113,15 +144,13 @@ def run(main: Callable[[C], Any], config: type[C], *, args: list[str] | None = N
 
         jax.config.update("jax_compilation_cache_dir", cache)
     cfg = tyro.cli(config, args=sys.argv[1:] if args is None else args, description=description or None)
-    import vdmpp as vd
-
     try:
         return main(cfg)
     except user_errors() as e:
         if getattr(cfg, "debug", False):
             raise
         fail(e, 2)
-    except vd.train.NonFiniteLossError as e:
+    except FloatingPointError as e:  # vd.train.NonFiniteLossError and non-finite results: the run failed
         if getattr(cfg, "debug", False):
             raise
         fail(e, 1)
