@@ -116,21 +116,43 @@ def check_finite_results(results: Any, what: str) -> None:
         )
 
 
-def fail(e: BaseException, code: int) -> None:
-    """Print `error: <message>` (one line, unless the message has several) and leave at once.
-
-    `os._exit` skips the interpreter's teardown, where threads left by a failed checkpoint read or write would
-    print pages of `ImportError: sys.meta_path is None`; files were already closed by the code that failed.
-    """
+def report(e: BaseException) -> None:
+    """Print `error: <message>` on stderr: one line, unless the message itself has several."""
     msg = str(e).strip() or type(e).__name__
     if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
         msg = f"{msg}: {e.filename}"
     sys.stdout.flush()
     print(f"error: {msg}  [--debug shows the traceback]", file=sys.stderr, flush=True)
+
+
+def fail(e: BaseException, code: int) -> None:
+    """`report` the error and leave at once with status `code`.
+
+    `os._exit` skips the interpreter's teardown, where threads left by a failed checkpoint read or write would
+    print pages of `ImportError: sys.meta_path is None`; files were already closed by the code that failed.
+    """
+    report(e)
     os._exit(code)
 
 
 C = TypeVar("C")
+
+
+def call(main: Callable[[C], Any], cfg: C) -> tuple[int, Any]:
+    """`(0, main(cfg))`, or, after a user error (status 2) or a non-finite result (status 1), `report` it and return
+    `(status, None)`; with `cfg.debug` the exception propagates instead."""
+    try:
+        return 0, main(cfg)
+    except user_errors() as e:
+        if getattr(cfg, "debug", False):
+            raise
+        report(e)
+        return 2, None
+    except FloatingPointError as e:  # vd.train.NonFiniteLossError and non-finite results: the run failed
+        if getattr(cfg, "debug", False):
+            raise
+        report(e)
+        return 1, None
 
 
 def run(main: Callable[[C], Any], config: type[C], *, args: list[str] | None = None, description: str = "") -> Any:
@@ -145,15 +167,11 @@ def run(main: Callable[[C], Any], config: type[C], *, args: list[str] | None = N
         jax.config.update("jax_compilation_cache_dir", cache)
     cfg = tyro.cli(config, args=sys.argv[1:] if args is None else args, description=description or None)
     try:
-        return main(cfg)
-    except user_errors() as e:
-        if getattr(cfg, "debug", False):
-            raise
-        fail(e, 2)
-    except FloatingPointError as e:  # vd.train.NonFiniteLossError and non-finite results: the run failed
-        if getattr(cfg, "debug", False):
-            raise
-        fail(e, 1)
+        code, result = call(main, cfg)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr, flush=True)
-        os._exit(130)
+        code, result = 130, None
+    if code:
+        sys.stdout.flush()
+        os._exit(code)  # see `fail`
+    return result

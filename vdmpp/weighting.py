@@ -212,6 +212,8 @@ def is_monotonic(
         num: number of grid points.
         rtol: allowed relative increase between neighbouring points (float32 round-off).
     """
+    check_finite(lam_min, "lam_min", "is_monotonic")
+    check_finite(lam_max, "lam_max", "is_monotonic")
     if not lam_min < lam_max:
         raise ValueError(f"`is_monotonic` needs lam_min < lam_max; got {lam_min}, {lam_max}.")
     lam = jnp.linspace(lam_min, lam_max, num)

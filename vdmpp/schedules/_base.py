@@ -89,14 +89,18 @@ class AbstractSchedule(AbstractNoiseSchedule):
     def _density(self, lam: Array) -> Array:
         """Untruncated $p(\\lambda) = -d f^{-1}/d\\lambda$."""
 
-    def _t0_t1(self, dtype) -> tuple[Array, Array, Array]:
-        # t0 = f^-1(lam_max), 1 - t1 = 1 - f^-1(lam_min), and t1 - t0. The width is (1 - t0) - (1 - t1) with
-        # 1 - t0 computed directly: from 1 - t0 in float32, lam(0) was off by 2 ulp(1) / (1 - t0) (1.3e-5 for
-        # ShiftedCosine(shift=4) truncated at 0.03125, where 1 - t0 = 0.012), past lam_max, where p = 0.
-        t0 = self._u(jnp.asarray(self.lam_max, dtype))
-        c0 = self._v(jnp.asarray(self.lam_max, dtype))
-        c1 = self._v(jnp.asarray(self.lam_min, dtype))
-        return t0, c1, c0 - c1
+    def _ends(self, dtype) -> tuple[Array, Array, Array, Array]:
+        # t0 = f^-1(lam_max) and t1 = f^-1(lam_min), each with its complement 1 - t computed directly, and the
+        # width t1 - t0 from whichever pair is the smaller (no cancellation). From 1 - t0 by subtraction, lam(0)
+        # was off by ~2 ulp(1) / (1 - t0) in float32: 1.3e-5 past lam_max for ShiftedCosine(shift=4) truncated
+        # to [-1, 0.03125], where 1 - t0 = 0.012 and p = 0 (so w/p = inf at t = 0).
+        hi, lo = jnp.asarray(self.lam_max, dtype), jnp.asarray(self.lam_min, dtype)
+        t0, c0, t1, c1 = self._u(hi), self._v(hi), self._u(lo), self._v(lo)
+        return t0, c0, t1, c1
+
+    def _width(self, dtype) -> Array:
+        t0, c0, t1, c1 = self._ends(dtype)
+        return jnp.where(t0 + t1 <= c0 + c1, t1 - t0, c0 - c1)
 
     def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$.
@@ -104,9 +108,10 @@ class AbstractSchedule(AbstractNoiseSchedule):
         $\lambda(0) = \lambda_{max}$ and $\lambda(1) = \lambda_{min}$.
         """
         t = as_float(t)
-        t0, c1, width = self._t0_t1(t.dtype)
-        u = t0 + width * t
-        v = c1 + width * (1 - t)
+        t0, c0, t1, c1 = self._ends(t.dtype)
+        # u and v = 1 - u, each interpolated between its own exact ends (both exact at t = 0 and t = 1)
+        u = t0 + (t1 - t0) * t
+        v = c1 + (c0 - c1) * (1 - t)
         # Where t0 (or 1 - t1) underflows to 0 (e.g. EDMTraining truncated at |lam| = 40 in float32), f would
         # give +-inf at the ends: return the endpoint itself there, keeping f's input positive so grads stay finite.
         tiny = jnp.finfo(u.dtype).tiny
@@ -118,16 +123,16 @@ class AbstractSchedule(AbstractNoiseSchedule):
     def t(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Inverse map $\tilde f^{-1}(\lambda) = (f^{-1}(\lambda) - t_0)/(t_1 - t_0)$."""
         lam = as_float(lam)
-        t0, c1, width = self._t0_t1(lam.dtype)
+        t0, c0, t1, c1 = self._ends(lam.dtype)
         u = self._u(lam)
         v = self._v(lam)
         # use whichever of u, 1-u is the smaller (more precise) number
-        return jnp.where(u < 0.5, (u - t0) / width, 1 - (v - c1) / width)
+        return jnp.where(u < 0.5, (u - t0) / (t1 - t0), 1 - (v - c1) / (c0 - c1))
 
     def density(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Density $\tilde p(\lambda) = p(\lambda)/(t_1 - t_0)$ on $[\lambda_{min}, \lambda_{max}]$, 0 outside."""
         lam = as_float(lam)
-        _, _, width = self._t0_t1(lam.dtype)
+        width = self._width(lam.dtype)
         lo = jnp.asarray(self.lam_min, lam.dtype)
         hi = jnp.asarray(self.lam_max, lam.dtype)
         # lam(0), lam(1) may round a few ulps past the ends; they still count as inside (else w/p = inf there)
@@ -139,7 +144,7 @@ class AbstractSchedule(AbstractNoiseSchedule):
     def dlam_dt(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""$d\lambda/dt = -1/\tilde p(\lambda(t))$ (closed form, no autodiff)."""
         lam = self.lam(t)
-        _, _, width = self._t0_t1(lam.dtype)
+        width = self._width(lam.dtype)
         return -width / self._density(lam)
 
 

@@ -211,6 +211,8 @@ def _fit(
     is_main = jax.process_index() == 0
     sharding = sharding or Sharding(make_mesh(loop.fsdp))
     ckpt_dir = workdir / "checkpoints"
+    if resume_from is not None and not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
+        raise CheckpointError(f"No checkpoint in {ckpt_dir}; --resume-from {resume_from} has nothing to resume.")
     ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, free_keys=("run",))
     try:
         state = init_train_state(model, optimizer, loss, key=key)
@@ -226,8 +228,6 @@ def _fit(
                 if dropped:
                     print(f"Discarded the checkpoints after step {start_step}: {', '.join(map(str, dropped))}.")
             print(f"Resumed from {ckpt_dir / str(start_step)} (step {start_step}).")
-        elif resume_from is not None:
-            raise CheckpointError(f"No checkpoint in {ckpt_dir}; --resume-from {resume_from} has nothing to resume.")
         elif resume:
             print(f"No checkpoint in {ckpt_dir}; starting from scratch.")
     except BaseException:
