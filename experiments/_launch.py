@@ -133,7 +133,13 @@ def claim(cfg: RunConfig) -> Iterator[None]:
 def init_distributed(cfg: RunConfig) -> None:
     """`jax.distributed.initialize` when `--distributed` (before anything asks for the process count)."""
     if cfg.distributed:
-        jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+        try:
+            jax.distributed.initialize(cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+        except (RuntimeError, ValueError) as e:
+            raise _cli.ConfigError(
+                f"`--distributed`: {e} Outside a cluster that JAX detects, pass `--coordinator-address` host:port, "
+                "`--num-processes` and `--process-id`."
+            ) from e
 
 
 def check_batch_size(cfg: RunConfig, num_train: int) -> None:

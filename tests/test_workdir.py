@@ -117,3 +117,17 @@ def test_overwrite_deletes_exactly_the_run_outputs(tmp_path, capsys):
         assert sorted(p.name for p in work.iterdir()) == ["notes.txt", "run.lock"]
     assert "deleted the earlier run's outputs" in capsys.readouterr().err
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_workdir_is_refused(tmp_path):
+    work = tmp_path / "ro"
+    work.mkdir()
+    work.chmod(0o555)
+    try:
+        with pytest.raises(vd.train.WorkdirError, match="is not writable"):
+            vd.train.claim_workdir(work)
+        with pytest.raises(vd.train.WorkdirError, match="Cannot create"):
+            vd.train.claim_workdir(work / "sub")
+    finally:
+        work.chmod(0o755)

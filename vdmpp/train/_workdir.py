@@ -118,9 +118,9 @@ def _open_lock(path: pathlib.Path) -> int:
     for _ in range(10):
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError:
+        except OSError as e:  # permission denied, read-only file system, ...
             raise WorkdirError(
-                f"`workdir` {path} is not writable (permission denied for {lock}); choose a folder you can write to."
+                f"`workdir` {path} is not writable ({e.strerror} for {lock}); choose a folder you can write to."
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -262,7 +262,7 @@ def _claim(path: pathlib.Path, *, resume: bool, overwrite: bool) -> WorkdirLock:
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except (PermissionError, FileExistsError, NotADirectoryError) as e:
+    except OSError as e:  # permission denied, a parent is a file, read-only file system, ...
         raise WorkdirError(f"Cannot create `workdir` {path}: {e.strerror}; choose another --workdir.") from None
     lock = None
     try:
