@@ -260,7 +260,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"Checkpoint step {step} ({path}) was written by a run with a different config:\n  "
                 + "\n  ".join(diffs)
-                + "\nUse the same settings as that run, or a new --workdir."
+                + "\nUse the same settings as that run, --overwrite to start afresh here, or a new --workdir."
             )
         target = _abstract(like)
         try:
