@@ -54,8 +54,12 @@ def test_second_run_is_refused_and_first_is_bitwise_a_run_alone(tmp_path, capsys
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     script = str(ROOT / "tests" / "_train_standins.py")
-    first = subprocess.Popen([sys.executable, script, str(shared), str(steps), str(every), "--slow"], env=env)
+    gate = tmp_path / "go"  # the first run's first batch waits for it: the run is inside `fit`, holding the lock
+    argv = [sys.executable, script, str(shared), str(steps), str(every), f"--wait-for={gate}"]
+    first = subprocess.Popen(argv, env=env)
     try:
+        _, _, _, _, ds2 = build(steps, every)
+        cfg = tyro.cli(tg.Config, args=["--workdir", str(shared), "--resume", "--no-progress"])
         lock = shared / "run.lock"
         deadline = time.time() + 120
         while not (lock.is_file() and lock.read_text().strip()) and time.time() < deadline and first.poll() is None:
@@ -65,15 +69,15 @@ def test_second_run_is_refused_and_first_is_bitwise_a_run_alone(tmp_path, capsys
 
         # the second run, through the library and through the script's user path, with --resume (issue case 3)
         t0 = time.perf_counter()
-        _, _, _, _, ds2 = build(steps, every)
         with pytest.raises(vd.train.WorkdirError, match=rf"in use by another run \(PID {first.pid} on host"):
             vd.train.fit(model, loss, opt, ds2, loop=loop, workdir=shared, config=CONFIG, key=jr.key(7), resume=True)
-        cfg = tyro.cli(tg.Config, args=["--workdir", str(shared), "--resume", "--no-progress"])
         code, _ = _cli.call(tg.main, cfg)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1, err
         assert f"`--workdir` {shared} is in use by another run (PID {first.pid}" in err[0]
         assert time.perf_counter() - t0 < 20, "refused at once"
+        assert first.poll() is None, "the first run was running all along"
+        gate.touch()
         assert first.wait(timeout=240) == 0
     finally:
         if first.poll() is None:
