@@ -51,12 +51,12 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import tqdm
-import tyro
 import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments.adaptive_schedule import load_data, train_denoiser  # noqa: E402
+from experiments import _cli  # noqa: E402
+from experiments.adaptive_schedule import load_data, NUM_DIGITS, train_denoiser  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +80,21 @@ class Config:
     train_steps: int = 2000
     """Adam steps for the trained network (on all 1,797 distinct digits)."""
     seed: int = 0
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+def validate(cfg: Config) -> None:
+    """Check every setting before anything runs (`ConfigError` naming the flag)."""
+    _cli.at_least(cfg, 1, "num_points", "small_points", "small_dim", "num_bins", "calibrate_steps", "batch_size")
+    _cli.at_least(cfg, 1, "samples", "mlp_width", "train_steps")
+    _cli.at_least(cfg, 0, "seed")
+    if cfg.num_points > NUM_DIGITS:
+        raise _cli.ConfigError(f"`--num-points` must be at most {NUM_DIGITS} (distinct digits); got {cfg.num_points}.")
+    with _cli.flags(cfg, "lam_min", "lam_max", "num_bins", "decay"):
+        vd.schedules.check_numerics(
+            vd.adaptive.AdaptiveSchedule(cfg.lam_min, cfg.lam_max, num_bins=cfg.num_bins, decay=cfg.decay)
+        )
 
 
 class MLPDenoiser(eqx.Module):
@@ -122,6 +137,7 @@ def variances(v: np.ndarray, density: np.ndarray, width: float) -> tuple[float, 
 
 def main(cfg: Config) -> dict:
     """Run the benchmark; return (and print) the JSON record."""
+    validate(cfg)
     start = time.time()
     key = jr.key(cfg.seed)
     data = load_data(cfg.num_points, cfg.seed)
@@ -183,9 +199,10 @@ def main(cfg: Config) -> dict:
         record.setdefault(dname, {})[wname] = out
     record["config"] = dataclasses.asdict(cfg)
     record["seconds"] = round(time.time() - start, 1)
+    _cli.check_finite_results(record, "adaptive_variance.py")
     print(json.dumps(record))
     return record
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config))
+    _cli.run(main, Config, description=__doc__)

@@ -9,10 +9,11 @@ Writes `samplers.json` and `samplers.png` (atomically) to `--out` (default bench
     python benchmarks/samplers.py [--out DIR] [--num-samples 10000] [--quick]
 """
 
-import argparse
+import dataclasses
 import functools as ft
 import json
 import pathlib
+import sys
 import time
 
 import diffrax as dfx
@@ -23,6 +24,10 @@ import jax.random as jr
 import numpy as np
 import vdmpp as vd
 from tqdm import tqdm
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cli  # noqa: E402
 
 
 BUDGETS = (8, 16, 32, 64, 128, 256)
@@ -146,17 +151,35 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
     vd.train.save_figure(fig, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
-    parser.add_argument("--num-samples", type=int, default=4000)
-    parser.add_argument("--num-proj", type=int, default=256)
-    parser.add_argument("--quick", action="store_true", help="budgets 8, 32, 128 only")
-    args = parser.parse_args()
-    budgets = (8, 32, 128) if args.quick else BUDGETS
-    args.out.mkdir(parents=True, exist_ok=True)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Benchmark settings."""
+
+    out: pathlib.Path = pathlib.Path(__file__).parent / "results"
+    """Output folder (samplers.json, samplers.png)."""
+    num_samples: int = 4000
+    num_proj: int = 256
+    """Random projections of the sliced W2."""
+    quick: bool = False
+    """Budgets 8, 32, 128 only."""
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+def validate(cfg: Config) -> None:
+    """Check the settings before anything runs (`ConfigError` naming the flag)."""
+    _cli.at_least(cfg, 2, "num_samples", hint=" (a covariance needs two samples)")
+    _cli.at_least(cfg, 1, "num_proj")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise _cli.ConfigError(f"`--out` {cfg.out} is a file, not a folder; choose another path.")
+
+
+def main(cfg: Config) -> dict:
+    """Run the benchmark, write JSON + PNG and print the JSON line."""
+    validate(cfg)
+    budgets = (8, 32, 128) if cfg.quick else BUDGETS
     t0 = time.perf_counter()
-    results = [evaluate(d, args.num_samples, budgets, args.num_proj) for d in (2, 16)]
+    results = [evaluate(d, cfg.num_samples, budgets, cfg.num_proj) for d in (2, 16)]
     summary = {
         "benchmark": "samplers",
         "device": jax.devices()[0].platform,
@@ -165,10 +188,12 @@ def main() -> None:
         "total_seconds": time.perf_counter() - t0,
     }
     line = json.dumps(summary)
-    vd.train.atomic_write_bytes(args.out / "samplers.json", (line + "\n").encode())
-    plot(results, args.out / "samplers.png")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    vd.train.atomic_write_bytes(cfg.out / "samplers.json", (line + "\n").encode())
+    plot(results, cfg.out / "samplers.png")
     print(line)
+    return summary
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main, Config, description=__doc__)

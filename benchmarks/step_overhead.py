@@ -20,12 +20,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import tyro
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import vdmpp as vd  # noqa: E402
+from experiments import _cli  # noqa: E402
 
 
 def demo_setup(width: int = 256, depth: int = 3, model: str = "mlp"):
@@ -65,7 +65,8 @@ def make_bare_step(model, optimizer):
     return params, jax.jit(step, donate_argnums=(0, 1))
 
 
-def main(batch_size: int = 128, repeats: int = 300, width: int = 256, model: str = "mlp", warmup: int = 20) -> dict:
+def measure(batch_size: int = 128, repeats: int = 300, width: int = 256, model: str = "mlp", warmup: int = 20) -> dict:
+    """Median full-step and bare-step times of one model, alternated `repeats` times after `warmup` rounds."""
     name = f"MLP width {width}, depth 3" if model == "mlp" else "U-Net (train_gaussian.py --model unet defaults)"
     model, loss, optimizer = demo_setup(width=width, model=model)
     state = vd.train.init_train_state(model, optimizer, loss, key=jr.key(0))
@@ -123,36 +124,38 @@ class Args:
     batch_size: int = 128
     repeats: int = 300
     """Timed alternations per MLP (the U-Net gets a twentieth)."""
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
 
 
 TARGETS = {"demo_mlp_w256": 1.10, "mlp_w1024": 1.05, "unet": 1.05}
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args)
-    for flag, value in (("--batch-size", args.batch_size), ("--repeats", args.repeats)):
-        if value < 1:
-            raise SystemExit(f"error: {flag} must be a positive integer; got {value}.")
+def main(args: Args) -> dict:
+    """Measure the three models and print one JSON line."""
+    _cli.at_least(args, 1, "batch_size", "repeats")
     # the demo model (tiny: fixed per-step costs such as noise and schedule weigh most), a 4x wider one,
     # and the small U-Net of `train_gaussian.py --model unet`, where the network dominates the step
     runs = {
-        "demo_mlp_w256": main(batch_size=args.batch_size, repeats=args.repeats, width=256),
-        "mlp_w1024": main(batch_size=args.batch_size, repeats=args.repeats, width=1024),
-        "unet": main(batch_size=args.batch_size, model="unet", repeats=max(args.repeats // 20, 3), warmup=3),
+        "demo_mlp_w256": measure(batch_size=args.batch_size, repeats=args.repeats, width=256),
+        "mlp_w1024": measure(batch_size=args.batch_size, repeats=args.repeats, width=1024),
+        "unet": measure(batch_size=args.batch_size, model="unet", repeats=max(args.repeats // 20, 3), warmup=3),
     }
     ratios = {k: r["ratio_full_over_bare"] for k, r in runs.items()}
-    print(
-        json.dumps(
-            {
-                "benchmark": "step_overhead",
-                "ratio_full_over_bare": ratios,
-                "target": TARGETS,
-                "meets_target": {k: ratios[k] <= TARGETS[k] for k in runs},
-                "median_ms": {k: [r["median_full_ms"], r["median_bare_ms"]] for k, r in runs.items()},
-                "batch_size": args.batch_size,
-                "repeats": args.repeats,
-                "backend": jax.default_backend(),
-                "devices": jax.device_count(),
-            }
-        )
-    )
+    record = {
+        "benchmark": "step_overhead",
+        "ratio_full_over_bare": ratios,
+        "target": TARGETS,
+        "meets_target": {k: ratios[k] <= TARGETS[k] for k in runs},
+        "median_ms": {k: [r["median_full_ms"], r["median_bare_ms"]] for k, r in runs.items()},
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
+    print(json.dumps(record))
+    return record
+
+
+if __name__ == "__main__":
+    _cli.run(main, Args, description=__doc__)

@@ -4,8 +4,11 @@ For two batch sizes: examples/s (median over timed steps) and the process's peak
 (CPU; on GPU/TPU the device's `peak_bytes_in_use` when reported). Also the compile time of the step
 and the time from process start to the first finished step, with a cold and then a warm JAX
 compilation cache. Each measurement runs in a fresh subprocess so peaks and caches do not leak.
+
+    python benchmarks/throughput.py [--steps 100] [--big-steps 30]
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -15,11 +18,25 @@ import tempfile
 import time
 
 
-T0 = time.perf_counter()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments import _cli  # noqa: E402
 
 
-def worker(batch_size: int, steps: int) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Settings of the benchmark."""
+
+    steps: int = 100
+    """Timed steps at batch size 128."""
+    big_steps: int = 30
+    """Timed steps at batch size 1024."""
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+def worker(batch_size: int, steps: int, t0: float) -> dict:
+    """In a fresh process started at `t0`: compile and time the demo model's train step."""
     import resource
     import statistics
 
@@ -31,7 +48,7 @@ def worker(batch_size: int, steps: int) -> dict:
     import vdmpp as vd
     from benchmarks.step_overhead import batch, demo_setup
 
-    t_import = time.perf_counter() - T0
+    t_import = time.perf_counter() - t0
     model, loss, optimizer = demo_setup()
     state = vd.train.init_train_state(model, optimizer, loss, key=jr.key(0))
     b = {"x": jnp.asarray(batch(batch_size))}
@@ -41,7 +58,7 @@ def worker(batch_size: int, steps: int) -> dict:
     compile_s = time.perf_counter() - t
     state, m = train_step(state, b)
     jax.block_until_ready(m["loss"])
-    first_step_s = time.perf_counter() - T0
+    first_step_s = time.perf_counter() - t0
     del compiled
     times = []
     for _ in range(steps):
@@ -64,28 +81,28 @@ def worker(batch_size: int, steps: int) -> dict:
 
 
 def run(batch_size: int, steps: int, cache_dir: str) -> dict:
+    """One measurement in a fresh subprocess sharing the compilation cache `cache_dir`."""
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONPATH": str(ROOT)}
     code = (
-        "import jax, os; jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR']);"
-        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0);"
-        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)"
+        "import time; t0 = time.perf_counter()\n"
+        "import jax, os; jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)\n"
+        "jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)\n"
+        "import json; from benchmarks.throughput import worker\n"
+        f"print(json.dumps(worker({batch_size}, {steps}, t0)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", str(batch_size), str(steps), code],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> dict:
+def main(args: Args) -> dict:
+    """Cold and warm cache at batch 128, then batch 1024; print one JSON line."""
+    _cli.at_least(args, 1, "steps", "big_steps")
     with tempfile.TemporaryDirectory() as cache:
-        cold = run(128, 100, cache)
-        warm = run(128, 100, cache)
-        big = run(1024, 30, cache)
-    return {
+        cold = run(128, args.steps, cache)
+        warm = run(128, args.steps, cache)
+        big = run(1024, args.big_steps, cache)
+    record = {
         "benchmark": "throughput",
         "model": "demo MLP (width 256, depth 3), 8x8x1 digits, adaptive + Sigmoid(2)",
         "batch_sizes": [cold["batch_size"], big["batch_size"]],
@@ -99,11 +116,9 @@ def main() -> dict:
         },
         "backend": warm["backend"],
     }
+    print(json.dumps(record))
+    return record
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        exec(sys.argv[4])
-        print(json.dumps(worker(int(sys.argv[2]), int(sys.argv[3]))))
-    else:
-        print(json.dumps(main()))
+    _cli.run(main, Args, description=__doc__)

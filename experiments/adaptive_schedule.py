@@ -18,6 +18,7 @@ Writes WORKDIR/adaptive_schedule.png and WORKDIR/adaptive_schedule.json (atomica
 import dataclasses
 import math
 import pathlib
+import sys
 import time
 from typing import Literal
 
@@ -33,8 +34,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import sklearn.datasets
 import tqdm
-import tyro
 import vdmpp as vd
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cli  # noqa: E402
 
 
 WeightingName = Literal["sigmoid2", "elbo", "edm_monotonic"]
@@ -58,15 +62,49 @@ class Config:
     decay: float = 0.99
     """EMA decay per hit (the paper's 0.999 needs ~10x more hits per bin to converge)."""
     num_steps: int = 2000
+    """Updates of the schedule in all (split as evenly as possible over the chunks)."""
     batch_size: int = 512
     chunks: int = 30
-    """Progress-bar chunks (each a jitted scan of num_steps/chunks updates)."""
+    """Progress-bar chunks (each a jitted scan of about num_steps/chunks updates)."""
     reference_samples: int = 1024
     """Monte Carlo samples per bin for the independent target estimate."""
     weightings: tuple[WeightingName, ...] = ("sigmoid2", "elbo", "edm_monotonic")
     with_moment2: bool = True
     """Also learn the variance-optimal `moment=2` schedule (p ∝ sqrt(E[v²]) per bin)."""
     seed: int = 0
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+NUM_DIGITS = 1797
+"""Distinct scikit-learn digits (the most `--num-points` can take)."""
+
+
+def validate(cfg: Config) -> None:
+    """Check every setting before anything is computed or written (`ConfigError` naming the flag)."""
+    _cli.at_least(cfg, 1, "num_points", "train_steps", "num_bins", "num_steps", "batch_size", "chunks")
+    _cli.at_least(cfg, 1, "reference_samples")
+    _cli.at_least(cfg, 0, "seed")
+    if cfg.num_points > NUM_DIGITS:
+        raise _cli.ConfigError(f"`--num-points` must be at most {NUM_DIGITS} (distinct digits); got {cfg.num_points}.")
+    if cfg.chunks > cfg.num_steps:
+        raise _cli.ConfigError(f"`--chunks` ({cfg.chunks}) must not exceed `--num-steps` ({cfg.num_steps}).")
+    if not cfg.weightings:
+        raise _cli.ConfigError("`--weightings` must name at least one weighting, e.g. --weightings sigmoid2 elbo.")
+    if cfg.workdir.exists() and not cfg.workdir.is_dir():
+        raise _cli.ConfigError(f"`--workdir` {cfg.workdir} is a file, not a folder; choose another path.")
+    with _cli.flags(cfg, "lam_min", "lam_max", "num_bins", "decay"):
+        schedule = vd.adaptive.AdaptiveSchedule(cfg.lam_min, cfg.lam_max, num_bins=cfg.num_bins, decay=cfg.decay)
+        vd.schedules.check_numerics(schedule)
+    for name in cfg.weightings:
+        with _cli.flags(cfg, "weightings", "lam_min", "lam_max"):
+            vd.weighting.check_on_range(build_weighting(name), cfg.lam_min, cfg.lam_max)
+
+
+def chunk_sizes(num_steps: int, chunks: int) -> list[int]:
+    """`num_steps` split into `chunks` sizes differing by at most one (they sum to `num_steps` exactly)."""
+    q, r = divmod(num_steps, chunks)
+    return [q + 1] * r + [q] * (chunks - r)
 
 
 def build_weighting(name: WeightingName) -> vd.weighting.AbstractWeighting:
@@ -139,6 +177,7 @@ def weighted_rel_std(values: np.ndarray, weights: np.ndarray) -> float:
 
 def main(cfg: Config) -> dict:
     """Run the experiment; return the JSON summary."""
+    validate(cfg)
     start = time.time()
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     key = jr.key(cfg.seed)
@@ -156,7 +195,7 @@ def main(cfg: Config) -> dict:
     cosine = vd.schedules.Cosine(lam_min=cfg.lam_min, lam_max=cfg.lam_max)
     edm = vd.schedules.EDMTraining(lam_min=cfg.lam_min, lam_max=cfg.lam_max)
     grid = np.linspace(cfg.lam_min, cfg.lam_max, 801)
-    steps_per_chunk = max(1, cfg.num_steps // cfg.chunks)
+    sizes = chunk_sizes(cfg.num_steps, cfg.chunks)  # at most two sizes: at most two compilations
 
     results = {}
     for name in cfg.weightings:
@@ -165,7 +204,7 @@ def main(cfg: Config) -> dict:
         states = {}
         for sched in (a, a2) if cfg.with_moment2 else (a,):
             state = sched.init()
-            for i in tqdm.tqdm(range(cfg.chunks), desc=f"adapting ({name}, moment={sched.moment})"):
+            for i, size in enumerate(tqdm.tqdm(sizes, desc=f"adapting ({name}, moment={sched.moment})")):
                 state = vd.adaptive.calibrate(
                     sched,
                     state,
@@ -173,7 +212,7 @@ def main(cfg: Config) -> dict:
                     data,
                     weighting=w,
                     key=jr.fold_in(fit_key, 1000 * sched.moment + i),
-                    num_steps=steps_per_chunk,
+                    num_steps=size,
                     batch_size=cfg.batch_size,
                 )
             states[sched.moment] = state
@@ -214,6 +253,7 @@ def main(cfg: Config) -> dict:
             f"p-weighted: {results[name]['flatness_rel_std_p_weighted']:.3f})"
         )
 
+    _cli.check_finite_results(results, "adaptive_schedule.py")
     fig, axes = plt.subplots(2, len(cfg.weightings), figsize=(5.2 * len(cfg.weightings), 7.5), squeeze=False)
     for j, name in enumerate(cfg.weightings):
         r = results[name]
@@ -269,4 +309,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Config))
+    _cli.run(main, Config, description=__doc__)

@@ -6,15 +6,16 @@ marginals can produce sequences that are not data rows. How many tokens a step r
 shape of alpha_t on the sampling grid (Shi & Titsias slides, "parallel sampling bandwidth"). This script
 reports the fraction of samples that are not rows of the data set against T for each schedule.
 
-    PYTHONPATH=$PWD python experiments/masked_sampling.py [--out runs/masked_sampling] [--quick]
+    python experiments/masked_sampling.py [--out runs/masked_sampling] [--quick]
 
 Writes OUT/masked_sampling.json and OUT/masked_sampling.png (atomically). < 2 min on one CPU core.
 """
 
-import argparse
+import dataclasses
 import json
 import os
 import pathlib
+import sys
 import time
 
 import equinox as eqx
@@ -29,7 +30,31 @@ import vdmpp as vd
 from tqdm import tqdm
 
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cli  # noqa: E402
+
+
 M = vd.masked
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the sweep."""
+
+    out: pathlib.Path = pathlib.Path("runs/masked_sampling")
+    """Output folder."""
+    quick: bool = False
+    """Fewer steps and samples."""
+    seed: int = 0
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+def validate(cfg: Config) -> None:
+    """Check the settings before anything is computed or written (`ConfigError` naming the flag)."""
+    _cli.at_least(cfg, 0, "seed")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise _cli.ConfigError(f"`--out` {cfg.out} is a file, not a folder; choose another path.")
 
 
 def make_data(num_rows: int, length: int, vocab: int, seed: int) -> np.ndarray:
@@ -47,9 +72,11 @@ def non_data_fraction(samples: np.ndarray, data: np.ndarray) -> float:
     return float(np.mean([s.tobytes() not in rows for s in samples]))
 
 
-def main(out: str = "runs/masked_sampling", quick: bool = False, seed: int = 0) -> dict:
-    """Run the sweep, write JSON + PNG, return the results."""
-    out_dir = pathlib.Path(out)
+def main(cfg: Config) -> dict:
+    """Run the sweep, write JSON + PNG, print and return the results."""
+    validate(cfg)
+    quick, seed = cfg.quick, cfg.seed
+    out_dir = cfg.out
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab, length, num_rows = 6, 10, 200
     data = make_data(num_rows, length, vocab, seed)
@@ -88,6 +115,7 @@ def main(out: str = "runs/masked_sampling", quick: bool = False, seed: int = 0) 
     results["any_order_autoregressive"] = {"non_data_fraction": non_data_fraction(np.asarray(s), data), "nfe": int(nfe)}
     results["data"] = {"num_rows": num_rows, "length": length, "vocab_size": vocab}
     results["seconds"] = round(time.time() - t0, 1)
+    _cli.check_finite_results(results, "masked_sampling.py")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, series in results["series"].items():
@@ -102,16 +130,11 @@ def main(out: str = "runs/masked_sampling", quick: bool = False, seed: int = 0) 
     fig.savefig(tmp_png, dpi=120)
     os.replace(tmp_png, out_dir / "masked_sampling.png")
     vd.train.atomic_write_bytes(out_dir / "masked_sampling.json", json.dumps(results, indent=2).encode())
+    for name, series in results["series"].items():
+        print(f"{name:20s}", " ".join(f"{f:.3f}" for f in series["non_data_fraction"]))
+    print("any-order AR:", results["any_order_autoregressive"], "seconds:", results["seconds"])
     return results
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/masked_sampling")
-    parser.add_argument("--quick", action="store_true", help="fewer steps and samples")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    res = main(args.out, args.quick, args.seed)
-    for name, series in res["series"].items():
-        print(f"{name:20s}", " ".join(f"{f:.3f}" for f in series["non_data_fraction"]))
-    print("any-order AR:", res["any_order_autoregressive"], "seconds:", res["seconds"])
+    _cli.run(main, Config, description=__doc__)

@@ -6,16 +6,17 @@ ELBO, IDDPM, EDM, sigmoid (k=0), flow matching (FM), Simple — for the same fix
 optimiser, seed). Reports the test -ELBO in bits per pixel (continuous time, linear schedule, several
 Monte Carlo draws per test image) and a grid of ancestral samples for each weighting.
 
-    PYTHONPATH=$PWD python experiments/masked_weightings.py [--steps 600] [--out runs/masked_weightings]
+    python experiments/masked_weightings.py [--steps 600] [--out runs/masked_weightings]
 
 Writes OUT/masked_weightings.json and OUT/masked_weightings.png (atomically). A plain optax Adam loop.
 """
 
-import argparse
+import dataclasses
 import json
 import math
 import os
 import pathlib
+import sys
 import time
 
 import equinox as eqx
@@ -33,6 +34,10 @@ import vdmpp as vd
 from tqdm import tqdm
 
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cli  # noqa: E402
+
+
 M = vd.masked
 V = 17  # digits: pixel values 0..16
 MASK = V
@@ -46,6 +51,40 @@ WEIGHTINGS = {
     "FM": vd.weighting.FlowMatching(),
     "Simple": M.Simple(M.LinearSchedule()),  # the schedule `main` trains with
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the comparison (the same for every weighting)."""
+
+    out: pathlib.Path = pathlib.Path("runs/masked_weightings")
+    """Output folder."""
+    steps: int = 600
+    """Adam steps per weighting."""
+    batch: int = 64
+    lr: float = 2e-3
+    dim: int = 64
+    depth: int = 2
+    seed: int = 0
+    draws: int = 4
+    """Monte Carlo draws of the test ELBO per image."""
+    sample_steps: int = 64
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+def validate(cfg: Config) -> None:
+    """Check the settings before anything is trained or written (`ConfigError` naming the flag)."""
+    _cli.at_least(cfg, 1, "steps", "batch", "dim", "depth", "draws", "sample_steps")
+    _cli.at_least(cfg, 0, "seed")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise _cli.ConfigError(f"`--lr` must be a positive finite number, e.g. 2e-3; got {cfg.lr!r}.")
+    if cfg.dim % 4:
+        raise _cli.ConfigError(f"`--dim` must be divisible by the 4 attention heads; got {cfg.dim}.")
+    if cfg.draws < 2:
+        raise _cli.ConfigError(f"`--draws` must be at least 2 (the standard error needs two); got {cfg.draws}.")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise _cli.ConfigError(f"`--out` {cfg.out} is a file, not a folder; choose another path.")
 
 
 def train_one(weighting, train, *, steps, batch, lr, schedule, key, dim, depth):
@@ -76,6 +115,11 @@ def train_one(weighting, train, *, steps, batch, lr, schedule, key, dim, depth):
         idx = rng.integers(0, train.shape[0], batch)
         model, opt_state, loss = step(model, opt_state, jnp.asarray(train[idx]), jr.fold_in(key, i))
         losses.append(float(loss))
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(
+                f"Training with {weighting!r} gave a non-finite loss at step {i}; nothing was plotted or written. "
+                "Lower --lr and run again."
+            )
     return model, losses
 
 
@@ -93,10 +137,12 @@ def test_bpd(model, test, *, schedule, key, draws):
     return float(bpd.mean()), float(bpd.std(ddof=1) / math.sqrt(bpd.size))
 
 
-def main(out="runs/masked_weightings", steps=600, batch=64, lr=2e-3, dim=64, depth=2, seed=0, draws=4, sample_steps=64):
-    """Train one model per weighting, evaluate, write JSON + PNG."""
-    out_dir = pathlib.Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def main(cfg: Config) -> dict:
+    """Train one model per weighting, evaluate, write JSON + PNG (nothing if a number is not finite)."""
+    validate(cfg)
+    steps, batch, lr, dim, depth, seed = cfg.steps, cfg.batch, cfg.lr, cfg.dim, cfg.depth, cfg.seed
+    draws, sample_steps = cfg.draws, cfg.sample_steps
+    out_dir = cfg.out
     ds = vd.data.load("digits")
     train = ds.train.reshape(ds.train.shape[0], 64).astype(np.int32)
     test = ds.test.reshape(ds.test.shape[0], 64).astype(np.int32)
@@ -149,6 +195,9 @@ def main(out="runs/masked_weightings", steps=600, batch=64, lr=2e-3, dim=64, dep
             "sample_nfe": int(nfe),
         }
         tqdm.write(f"{name:12s} test bpd {bpd:.4f} ± {se:.4f}  ({seconds:.0f}s)")
+        _cli.check_finite_results(results["weightings"][name], f"masked_weightings.py ({name})")  # stop early
+
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     fig, axes = plt.subplots(1, len(WEIGHTINGS) + 1, figsize=(3 * (len(WEIGHTINGS) + 1), 3.4))
     names = list(WEIGHTINGS)
@@ -173,16 +222,5 @@ def main(out="runs/masked_weightings", steps=600, batch=64, lr=2e-3, dim=64, dep
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/masked_weightings")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--draws", type=int, default=4)
-    p.add_argument("--sample-steps", type=int, default=64)
-    a = p.parse_args()
-    res = main(a.out, a.steps, a.batch, a.lr, a.dim, a.depth, a.seed, a.draws, a.sample_steps)
+    res = _cli.run(main, Config, description=__doc__)
     print(json.dumps(res["weightings"], indent=1))

@@ -20,7 +20,7 @@ import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _launch  # noqa: E402  (plumbing shared with train_masked.py)
+from experiments import _cli, _launch  # noqa: E402  (plumbing shared with train_masked.py)
 from experiments._launch import RunConfig  # noqa: E402
 
 
@@ -168,46 +168,86 @@ def apply_demo(cfg: Config) -> Config:
     return _launch.with_preset(cfg, DEMO)
 
 
+PARAM_OF = {"sigmoid": "k", "p2": "gamma", "min_snr": "gamma"}
+"""The weightings that read `--weighting-param` (and what it is to them)."""
+
+
+def validate(cfg: Config) -> None:
+    """Check every setting before anything is loaded, compiled or written (`ConfigError` naming the flag).
+
+    The schedule and the weighting are checked on the run's λ range here when `--lam-max` is given, else by
+    `check_maths` once the data's number of levels fixes it.
+    """
+    _launch.validate_run(cfg)
+    _cli.at_least(cfg, 1, "adaptive_bins", "width", "depth", "emb_dim", "unet_channels", "unet_res_blocks")
+    _cli.in_range(cfg, "dropout", 0.0, 1.0)
+    if not cfg.unet_mults or any(isinstance(m, bool) or m < 1 for m in cfg.unet_mults):
+        raise _cli.ConfigError(f"`--unet-mults` must be one or more integers >= 1, e.g. 1 2; got {cfg.unet_mults!r}.")
+    _cli.finite(cfg, "lam_min", "weighting_param", "schedule_shift", "adaptive_decay")
+    if cfg.lam_max is not None:
+        check_maths(cfg)
+
+
+def check_maths(cfg: Config) -> tuple[vd.schedules.AbstractNoiseSchedule, vd.weighting.AbstractWeighting]:
+    """Build the schedule and the weighting and check both are usable on the run's λ range (not degenerate)."""
+    shift = ("schedule_shift",) if cfg.schedule == "shifted_cosine" else ()
+    adaptive = ("adaptive_bins", "adaptive_decay") if cfg.schedule == "adaptive" else ()
+    with _cli.flags(cfg, "schedule", "lam_min", "lam_max", *shift, *adaptive):
+        schedule = build_schedule(cfg)
+        vd.schedules.check_numerics(schedule)
+        if cfg.sample_schedule == "cosine":
+            vd.schedules.check_numerics(vd.schedules.Cosine(float(schedule.lam_min), float(schedule.lam_max)))
+    param = ("weighting_param",) if cfg.weighting in PARAM_OF else ()
+    with _cli.flags(cfg, "weighting", *param):
+        weighting = build_weighting(cfg)
+        vd.weighting.check_on_range(weighting, float(schedule.lam_min), float(schedule.lam_max))
+    return schedule, weighting
+
+
 def main(cfg: Config) -> dict:
-    """Build everything from `cfg`, train, and print where the outputs are."""
+    """Validate `cfg`, build everything from it, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
     cfg = apply_demo(cfg)
-    data = vd.data.load(cfg.data)
-    if data.kind != "image" or data.num_levels is None:
-        raise ValueError(f"`--data` must be an integer image data set for train_gaussian.py; got kind {data.kind!r}.")
-    _launch.check_batch_size(cfg, data.train.shape[0])
-    if cfg.lam_max is None:
-        cfg = dataclasses.replace(cfg, lam_max=round(2.0 * math.log(data.num_levels) + 0.5, 3))
-    schedule = build_schedule(cfg)  # the run's one λ range: model embedding, training, ELBO and sampling
-    lam_range = (float(schedule.lam_min), float(schedule.lam_max))
-    key = jr.key(cfg.seed)
-    mkey, tkey = jr.split(key)
-    model = build_model(cfg, data, lam_range, mkey)
-    sampling = vd.schedules.Cosine(*lam_range) if cfg.sample_schedule == "cosine" else None
-    loss = vd.train.GaussianLoss(
-        build_weighting(cfg),
-        schedule,
-        parameterisation=build_parameterisation(cfg),
-        num_levels=data.num_levels,
-        sampling_schedule=sampling,
-    )
-    optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
+    validate(cfg)
+    with _launch.claim(cfg):
+        with _cli.flags(cfg, "data"):
+            data = vd.data.load(cfg.data)
+        if data.kind != "image" or data.num_levels is None:
+            raise _cli.ConfigError(
+                f"`--data` must be an integer image data set for train_gaussian.py; got kind {data.kind!r}."
+            )
+        _launch.check_batch_size(cfg, data.train.shape[0])
+        if cfg.lam_max is None:
+            cfg = dataclasses.replace(cfg, lam_max=round(2.0 * math.log(data.num_levels) + 0.5, 3))
+        schedule, weighting = check_maths(cfg)  # the run's one λ range: model embedding, training, ELBO, sampling
+        lam_range = (float(schedule.lam_min), float(schedule.lam_max))
+        key = jr.key(cfg.seed)
+        mkey, tkey = jr.split(key)
+        with _cli.flags(cfg, "model"):  # e.g. an image size the U-Net's levels cannot halve
+            model = build_model(cfg, data, lam_range, mkey)
+        sampling = vd.schedules.Cosine(*lam_range) if cfg.sample_schedule == "cosine" else None
+        loss = vd.train.GaussianLoss(
+            weighting,
+            schedule,
+            parameterisation=build_parameterisation(cfg),
+            num_levels=data.num_levels,
+            sampling_schedule=sampling,
+        )
+        optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
+        summary = vd.train.fit(
+            model,
+            loss,
+            optimizer,
+            dataset,
+            loop=loop,
+            key=tkey,
+            test_data=data.test,
+            num_levels=data.num_levels,
+            sample_shape=(cfg.num_samples, *data.example_shape),
+            sample_steps=cfg.sample_steps,
+            **_launch.fit_options(cfg),
+        )
     levels = data.num_levels
-    summary = vd.train.fit(
-        model,
-        loss,
-        optimizer,
-        dataset,
-        loop=loop,
-        workdir=cfg.workdir,
-        config=_launch.config_record(cfg),
-        key=tkey,
-        resume=cfg.resume,
-        test_data=data.test,
-        num_levels=levels,
-        sample_shape=(cfg.num_samples, *data.example_shape),
-        sample_steps=cfg.sample_steps,
-    )
     bpd, uniform = summary["test_bpd"], float(np.log2(levels))
     headline = f"test bits/dim (-ELBO, EMA model): {bpd:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})"
     _launch.print_outputs(cfg.workdir, summary, headline)

@@ -19,7 +19,7 @@ import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _launch  # noqa: E402  (plumbing shared with train_gaussian.py)
+from experiments import _cli, _launch  # noqa: E402  (plumbing shared with train_gaussian.py)
 from experiments._launch import RunConfig  # noqa: E402
 
 
@@ -89,7 +89,9 @@ def lam_range_of(schedule: vd.masked.AbstractMaskingSchedule) -> tuple[float, fl
 def tokens_of(data: vd.data.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
     """Train/test token arrays and the vocabulary size V (the mask id)."""
     if data.kind == "toy" or data.num_levels is None:
-        raise ValueError(f"`--data` must be discrete (images or text) for train_masked.py; got kind {data.kind!r}.")
+        raise _cli.ConfigError(
+            f"`--data` must be discrete (images or text) for train_masked.py; got kind {data.kind!r}."
+        )
     return data.train, data.test, int(data.num_levels)
 
 
@@ -98,54 +100,76 @@ def apply_demo(cfg: Config) -> Config:
     return _launch.with_preset(cfg, DEMO)
 
 
+def validate(cfg: Config) -> tuple[vd.masked.AbstractMaskingSchedule, vd.weighting.AbstractWeighting]:
+    """Check every setting before anything is loaded, compiled or written (`ConfigError` naming the flag); returns
+    the masking schedule and the weighting, checked on the schedule's λ range."""
+    _launch.validate_run(cfg)
+    _cli.at_least(cfg, 1, "dim", "depth", "num_heads")
+    _cli.in_range(cfg, "dropout", 0.0, 1.0)
+    _cli.finite(cfg, "schedule_param", "weighting_param")
+    if cfg.dim % cfg.num_heads:
+        raise _cli.ConfigError(f"`--dim` ({cfg.dim}) must be divisible by `--num-heads` ({cfg.num_heads}).")
+    param = ("schedule_param",) if cfg.schedule == "polynomial" else ()
+    with _cli.flags(cfg, "schedule", *param):
+        schedule = build_schedule(cfg)
+        lo, hi = lam_range_of(schedule)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"{schedule!r} has the log-SNR range [{lo}, {hi}]; it must be finite and non-empty.")
+        importance = build_importance(cfg, (lo, hi))
+        if importance is not None:
+            vd.schedules.check_numerics(importance)
+    with _cli.flags(cfg, "weighting", *(("weighting_param",) if cfg.weighting == "sigmoid" else ())):
+        weighting = build_weighting(cfg, schedule)
+        vd.weighting.check_on_range(weighting, lo, hi)
+    return schedule, weighting
+
+
 def main(cfg: Config) -> dict:
-    """Build everything from `cfg`, train, and print where the outputs are."""
+    """Validate `cfg`, build everything from it, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
     cfg = apply_demo(cfg)
-    data = vd.data.load(cfg.data)
-    train, test, vocab = tokens_of(data)
-    _launch.check_batch_size(cfg, train.shape[0])
-    example_shape = tuple(train.shape[1:])
-    schedule = build_schedule(cfg)
-    lam_range = lam_range_of(schedule)  # the run's one λ range: model embedding and importance schedule
-    key = jr.key(cfg.seed)
-    mkey, tkey = jr.split(key)
-    model = vd.nn.Transformer(
-        vocab,
-        seq_len=int(np.prod(example_shape)),
-        dim=cfg.dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        dropout=cfg.dropout,
-        lam_min=lam_range[0],
-        lam_max=lam_range[1],
-        key=mkey,
-    )
-    loss = vd.train.MaskedLoss(
-        schedule, build_weighting(cfg, schedule), mask_id=vocab, importance=build_importance(cfg, lam_range)
-    )
-    optimizer, dataset, loop = _launch.training_setup(cfg, train)
-    vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
+    schedule, weighting = validate(cfg)
+    with _launch.claim(cfg):
+        with _cli.flags(cfg, "data"):
+            data = vd.data.load(cfg.data)
+        train, test, vocab = tokens_of(data)
+        _launch.check_batch_size(cfg, train.shape[0])
+        example_shape = tuple(train.shape[1:])
+        lam_range = lam_range_of(schedule)  # the run's one λ range: model embedding and importance schedule
+        key = jr.key(cfg.seed)
+        mkey, tkey = jr.split(key)
+        model = vd.nn.Transformer(
+            vocab,
+            seq_len=int(np.prod(example_shape)),
+            dim=cfg.dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+            lam_min=lam_range[0],
+            lam_max=lam_range[1],
+            key=mkey,
+        )
+        loss = vd.train.MaskedLoss(schedule, weighting, mask_id=vocab, importance=build_importance(cfg, lam_range))
+        optimizer, dataset, loop = _launch.training_setup(cfg, train)
+        vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 
-    def decode_text(samples: np.ndarray) -> str:
-        return "\n\n".join("".join(vocab_str[int(i)] for i in row.reshape(-1)) for row in samples)
+        def decode_text(samples: np.ndarray) -> str:
+            return "\n\n".join("".join(vocab_str[int(i)] for i in row.reshape(-1)) for row in samples)
 
-    summary = vd.train.fit(
-        model,
-        loss,
-        optimizer,
-        dataset,
-        loop=loop,
-        workdir=cfg.workdir,
-        config=_launch.config_record(cfg),
-        key=tkey,
-        resume=cfg.resume,
-        test_data=test,
-        num_levels=vocab,
-        sample_shape=(cfg.num_samples, *example_shape),
-        sample_steps=cfg.sample_steps,
-        decode_text=None if data.kind == "image" else decode_text,
-    )
+        summary = vd.train.fit(
+            model,
+            loss,
+            optimizer,
+            dataset,
+            loop=loop,
+            key=tkey,
+            test_data=test,
+            num_levels=vocab,
+            sample_shape=(cfg.num_samples, *example_shape),
+            sample_steps=cfg.sample_steps,
+            decode_text=None if data.kind == "image" else decode_text,
+            **_launch.fit_options(cfg),
+        )
     uniform = f"uniform: log2({vocab}) = {np.log2(vocab):.2f}"
     _launch.print_outputs(
         cfg.workdir, summary, f"test bits per token (-ELBO, EMA model): {summary['test_bpd']:.3f}  ({uniform})"

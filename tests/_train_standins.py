@@ -1,9 +1,11 @@
 """Small pieces for the training tests (a tiny MLP denoiser, fake data), runnable as a training script.
 
 As a script it trains for `--steps` with checkpoints every `--every` steps, so a test can kill it
-(SIGKILL) and resume it: `python tests/_train_standins.py WORKDIR STEPS EVERY [--resume]`.
+(SIGKILL) and resume it: `python tests/_train_standins.py WORKDIR STEPS EVERY [--resume] [--slow]
+[--wait-for=PATH]` (`--wait-for`: the first batch waits until PATH exists, so the run holds its workdir).
 """
 
+import os
 import sys
 
 import equinox as eqx
@@ -80,6 +82,16 @@ def main(argv):
                 return x
 
         ds = ds.map(Slow())
+    gate = next((a.split("=", 1)[1] for a in argv if a.startswith("--wait-for=")), None)
+    if gate is not None:  # hold the first batch (and so the run, inside `fit`) until the parent creates `gate`
+
+        class Gate(grain.transforms.Map):
+            def map(self, x):
+                while not os.path.exists(gate):
+                    time.sleep(0.01)
+                return x
+
+        ds = ds.map(Gate())
     vd.train.fit(
         model, loss, opt, ds, loop=loop, workdir=workdir, config=CONFIG, key=jr.key(7), resume=resume, test_data=None
     )

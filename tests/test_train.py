@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -431,7 +432,7 @@ def test_checkpoint_from_other_model_config_is_refused(tmp_path):
     with pytest.raises(vd.train.CheckpointError, match="does not match this run's state structure"):
         vd.train.Checkpointer(tmp_path / "checkpoints").restore(like, config=CONFIG)
     # without --resume an existing run is never overwritten
-    with pytest.raises(ValueError, match="already holds checkpoints"):
+    with pytest.raises(vd.train.WorkdirError, match="holds the results of an earlier run"):
         vd.train.fit(
             model, loss, opt, ds, loop=loop, workdir=tmp_path, config=CONFIG, key=jr.key(7), sharding=_one_device()
         )
@@ -446,8 +447,18 @@ def test_corrupt_checkpoint_is_an_error_not_skipped(tmp_path):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(b"\0" * 7)
     like = vd.train.init_train_state(model, opt, loss, key=jr.key(7))
-    with pytest.raises(vd.train.CheckpointError, match="checkpoints/4.*corrupt"):
-        vd.train.Checkpointer(tmp_path / "checkpoints").restore(like, config=CONFIG)
+    ckpt = vd.train.Checkpointer(tmp_path / "checkpoints")
+    with pytest.raises(vd.train.CheckpointError, match=r"step 4 \(.*checkpoints/4\) is damaged.*--resume-from 2"):
+        ckpt.restore(like, config=CONFIG)
+    assert ckpt.restore(like, config=CONFIG, step=2)[2] == 2  # an older one only when asked for
+    # a step folder replaced by a file is reported too, never skipped for step 2
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    (tmp_path / "checkpoints" / "4").write_text("not a checkpoint")
+    ckpt = vd.train.Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == 2 and ckpt.damaged_steps() == {4: "a file, not a checkpoint folder"}
+    with pytest.raises(vd.train.CheckpointError, match=r"step 4 .* is damaged: a file, not a checkpoint folder"):
+        ckpt.restore(like, config=CONFIG)
+    ckpt.close()
 
 
 def _free_port() -> int:
@@ -499,7 +510,7 @@ def test_experiment_batch_larger_than_data_set(tmp_path):
 def test_experiment_missing_data_path(tmp_path):
     tg = _experiment()
     work = tmp_path / "run"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"--data '.*nope.npy': Data path .* does not exist"):
         tg.main(tg.Config(workdir=str(work), data=str(tmp_path / "nope.npy"), progress=False))
     assert not work.exists()
 

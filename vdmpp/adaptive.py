@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 
-from ._misc import check_positive_int
+from ._misc import check_data, check_positive_int
 from ._types import Array, Float, PRNGKeyArray
 from .losses import weighted_loss
 from .schedules import (
@@ -68,6 +69,10 @@ def calibrate(
     """
     check_positive_int(num_steps, "num_steps")
     check_positive_int(batch_size, "batch_size")
+    data = check_data(data, "data", floating=True)
+    # traced here (jitted): NaN rows would give NaN targets, which `update` ignores, a silent no-op. The check is
+    # tied to the returned state, so it is never dropped as dead code (e.g. for a denoiser that ignores its input).
+    state = eqx.error_if(state, ~jnp.all(jnp.isfinite(data)), "`data` must be finite; it holds NaN/inf values.")
 
     def step(state, k):
         ikey, lkey = jr.split(k)

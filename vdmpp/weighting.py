@@ -212,8 +212,63 @@ def is_monotonic(
         num: number of grid points.
         rtol: allowed relative increase between neighbouring points (float32 round-off).
     """
+    check_finite(lam_min, "lam_min", "is_monotonic")
+    check_finite(lam_max, "lam_max", "is_monotonic")
     if not lam_min < lam_max:
         raise ValueError(f"`is_monotonic` needs lam_min < lam_max; got {lam_min}, {lam_max}.")
     lam = jnp.linspace(lam_min, lam_max, num)
     logw = np.asarray(weighting.log_weight(lam), dtype=np.float64)
     return bool(np.all(np.diff(logw) <= rtol))
+
+
+MIN_PEAK = 1e-6
+"""`check_on_range`: the largest weight on the range must be at least this (else the loss and its gradients vanish
+next to Adam's $\\epsilon = 10^{-8}$ and nothing is learned)."""
+MAX_PEAK = 1e30
+"""`check_on_range`: the largest weight must be at most this (float32 overflows at $3.4 \\cdot 10^{38}$ once the
+loss multiplies it by $\\|\\epsilon - \\hat\\epsilon\\|^2 / p(\\lambda)$)."""
+
+
+def check_on_range(weighting: AbstractWeighting, lam_min: float, lam_max: float, *, num: int = 2001) -> None:
+    r"""Raise a `ValueError` if $w(\lambda)$ is degenerate on $[\lambda_{min}, \lambda_{max}]$ in float32.
+
+    Degenerate: NaN or infinite somewhere on a grid of `num` points, or its largest value below `MIN_PEAK`
+    (it underflows: the loss carries no signal) or above `MAX_PEAK` (it overflows). Weights are $\ge 0$ by
+    construction ($w = e^{\log w}$); a negative weight shows up here as a NaN $\log w$.
+
+    Args:
+        weighting: the weighting to check.
+        lam_min: left end of the run's log-SNR range.
+        lam_max: right end of the run's log-SNR range.
+        num: number of grid points.
+
+    Raises:
+        ValueError: naming the weighting (with its parameters), the offending value and the $\lambda$ where it occurs.
+    """
+    check_instance(weighting, AbstractWeighting, "weighting", "vd.weighting.Sigmoid(2.0)")
+    check_finite(lam_min, "lam_min", "check_on_range")
+    check_finite(lam_max, "lam_max", "check_on_range")
+    if not lam_min < lam_max:
+        raise ValueError(f"`check_on_range` needs lam_min < lam_max; got {lam_min}, {lam_max}.")
+    lam = np.linspace(lam_min, lam_max, num, dtype=np.float32)
+    w = np.asarray(weighting(jnp.asarray(lam)), np.float64)
+    where = f"on the run's λ range [{lam_min:.4g}, {lam_max:.4g}]"
+    bad = np.flatnonzero(~np.isfinite(w))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{weighting!r} is not finite {where}: w(λ) = {w[i]} at λ = {lam[i]:.4g} (float32). Choose a parameter "
+            "that keeps it finite there, or narrow the range."
+        )
+    i = int(np.argmax(w))
+    if w[i] < MIN_PEAK:
+        raise ValueError(
+            f"{weighting!r} underflows {where}: its largest value there is {w[i]:.3g} (at λ = {lam[i]:.4g}), below "
+            f"{MIN_PEAK:g}, so the loss and its gradients vanish and nothing is learned. Choose a parameter that puts "
+            "its weight inside the range."
+        )
+    if w[i] > MAX_PEAK:
+        raise ValueError(
+            f"{weighting!r} overflows {where}: its largest value there is {w[i]:.3g} (at λ = {lam[i]:.4g}), above "
+            f"{MAX_PEAK:g}, so the loss overflows float32. Choose a parameter that keeps it moderate on the range."
+        )

@@ -1,20 +1,41 @@
-"""Shared helpers of the reproduce scripts: `--out` parsing and atomic PNG/JSON writes (not a script)."""
+"""Shared helpers of the reproduce scripts: `--out` parsing (tyro) and atomic PNG/JSON writes (not a script)."""
 
-import argparse
+import dataclasses
 import json
 import math
 import pathlib
+import sys
 
 import numpy as np
+import tyro
 import vdmpp as vd
 
 
-def out_dir(name: str, description: str) -> pathlib.Path:
-    """Parse `--out` (default `runs/reproduce/<name>/`) and create it."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/reproduce") / name)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from experiments import _cli  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The reproduce scripts' settings."""
+
+    out: pathlib.Path
+    """Output folder."""
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+def out_dir(name: str, description: str | None) -> pathlib.Path:
+    """Parse `--out` (default `runs/reproduce/<name>/`) and create it; a bad `--out` is one `error:` line."""
+    args = tyro.cli(Args, default=Args(out=pathlib.Path("runs/reproduce") / name), description=description)
+    try:
+        if args.out.exists() and not args.out.is_dir():
+            raise _cli.ConfigError(f"`--out` {args.out} is a file, not a folder; choose another path.")
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (_cli.ConfigError, OSError) as e:
+        if args.debug:
+            raise
+        _cli.fail(e, 2)
     return args.out
 
 

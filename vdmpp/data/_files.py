@@ -2,6 +2,7 @@
 
 import pathlib
 import pickle
+import zipfile
 from typing import Literal
 
 import numpy as np
@@ -38,7 +39,12 @@ def _image_folder(path: pathlib.Path, test_fraction: float, split_seed: int) -> 
     modes = set()
     first_size, first_file = None, None
     for f in files:
-        with Image.open(f) as im:
+        try:
+            im = Image.open(f)
+            im.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # not an image, truncated, corrupt
+            raise ValueError(f"Cannot read the image {f} ({e}); fix or remove that file.") from e
+        with im:
             if first_size is None:
                 first_size, first_file = im.size, f
             elif im.size != first_size:
@@ -76,12 +82,26 @@ def _array_kind(x: np.ndarray, source: str) -> tuple[np.ndarray, Literal["image"
     )
 
 
+def _load_arrays(path: pathlib.Path) -> np.ndarray | dict[str, np.ndarray]:
+    """The array of a .npy file or the arrays of a .npz archive; a damaged file is a `ValueError` naming it."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            return dict(z)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, corrupt, not NumPy, pickled
+        raise ValueError(
+            f"Cannot read {path} as a NumPy {path.suffix} file ({type(e).__name__}: {e}). Is it complete, and "
+            "written by np.save/np.savez (without pickled objects)?"
+        ) from e
+
+
 def _array_file(path: pathlib.Path, test_fraction: float, split_seed: int) -> Dataset:
-    if path.suffix == ".npy":
-        x, kind, levels = _array_kind(np.load(path, allow_pickle=False), str(path))
+    loaded = _load_arrays(path)
+    if isinstance(loaded, np.ndarray):
+        x, kind, levels = _array_kind(loaded, str(path))
         return _labelled(x, None, test_fraction, split_seed, num_levels=levels, kind=kind, name=str(path))
-    with np.load(path, allow_pickle=False) as z:
-        arrays = dict(z)
+    arrays = loaded
     if "train" in arrays:
         if "test" not in arrays:
             raise ValueError(f"{path} has a 'train' array but no 'test' array; save both or neither.")
@@ -128,8 +148,13 @@ def _cifar_batches(path: pathlib.Path) -> Dataset:
     def read(files):
         xs, ys = [], []
         for f in files:
-            with open(f, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
+            try:
+                with open(f, "rb") as fh:
+                    d = pickle.load(fh, encoding="bytes")
+            except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+                raise ValueError(f"Cannot read the CIFAR-10 batch {f} ({type(e).__name__}: {e}).") from e
+            if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+                raise ValueError(f"{f} is not a CIFAR-10 python batch: no b'data' and b'labels' in it.")
             data = np.asarray(d[b"data"], dtype=np.uint8)
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
                 raise ValueError(f"{f}: b'data' must have shape (N, 3072); got {data.shape}.")
@@ -162,7 +187,13 @@ def _text(path: pathlib.Path, alphabet: str | None, seq_len: int, test_fraction:
         codes = data
         present = "".join(map(chr, np.flatnonzero(np.bincount(data, minlength=128))))
     else:
-        text = raw.decode("utf-8")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path} is not a UTF-8 text file (byte {e.start} is {raw[e.start : e.start + 1]!r}), so it was "
+                "not read as text. Pass a text file, a .npy/.npz array or a folder of images."
+            ) from None
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         present = "".join(sorted(set(text)))
     if alphabet is None:

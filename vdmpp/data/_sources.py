@@ -68,8 +68,11 @@ def _mnist_subset() -> Dataset:
 def _read_idx(path: pathlib.Path) -> np.ndarray:
     """Read an IDX file (MNIST format), optionally gzipped."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise ValueError(f"Cannot read {path}: {e}. Is the download complete?") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number {raw[:4]!r}).")
     ndim = raw[3]

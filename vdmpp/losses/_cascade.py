@@ -26,6 +26,7 @@ from ..oracle import EmpiricalDenoiser
 from ..process import vp_alpha_sigma
 from ..schedules import AbstractSchedule
 from ._elbo import prior_kl
+from ._weighted import check_all_finite
 
 
 class CascadeTerms(eqx.Module):
@@ -122,6 +123,7 @@ def gaussian_cascade_terms_at(
     x, eps = jnp.asarray(x), jnp.asarray(eps)
     if x.ndim < 2 or eps.shape != x.shape:
         raise ValueError(f"`x` must be (batch, *data) and `eps` shaped like it; got {x.shape}, {eps.shape}.")
+    check_all_finite(x=x, eps=eps)
     oracle = EmpiricalDenoiser(jnp.asarray(data, x.dtype))
     if oracle.data.shape[1:] != x.shape[1:]:
         raise ValueError(f"`data` rows must be shaped like examples {x.shape[1:]}; got {oracle.data.shape[1:]}.")

@@ -14,8 +14,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
-from .._misc import check_batch_shape
+from .._misc import check_batch_shape, concrete
 from .._types import Array, Float, PRNGKeyArray
 from ..process import vp_alpha_sigma
 from ..schedules import AbstractSchedule, AbstractTimeSampler, LowDiscrepancy
@@ -34,8 +35,18 @@ class WeightedLossAux(eqx.Module):
     values: Float[Array, " batch"]
 
 
+def check_all_finite(**arrays: Array | None) -> None:
+    """Float arrays whose values are known (not traced) must be finite: a NaN or inf in the data would make the loss
+    NaN without saying why."""
+    for name, a in arrays.items():
+        values = None if a is None or not jnp.issubdtype(a.dtype, jnp.floating) else concrete(a)
+        if values is not None and not np.all(np.isfinite(values)):
+            bad = int(np.sum(~np.isfinite(values)))
+            raise ValueError(f"`{name}` must be finite; it holds {bad} NaN/inf value(s). Clean the data first.")
+
+
 def check_batch(name: str, x: Array, t: Array | None = None, eps: Array | None = None) -> None:
-    """A float batch `(batch, *data)`, with one time per example and noise shaped like it."""
+    """A finite float batch `(batch, *data)`, with one time per example and noise shaped like it."""
     check_batch_shape(x, name)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`{name}` must be a float array; got dtype {x.dtype}. Scale integer data first.")
@@ -43,6 +54,7 @@ def check_batch(name: str, x: Array, t: Array | None = None, eps: Array | None =
         raise ValueError(f"`t` must have shape {(x.shape[0],)} (one time per example); got {t.shape}.")
     if eps is not None and eps.shape != x.shape:
         raise ValueError(f"`eps` must have the shape of `{name}`, {x.shape}; got {eps.shape}.")
+    check_all_finite(**{name: x, "t": t, "eps": eps})
 
 
 def eps_error(denoiser: Callable, x: Array, eps: Array, lam: Array, *extras: Any) -> Array:

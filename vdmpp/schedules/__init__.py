@@ -8,6 +8,7 @@ from ._adaptive import (
 from ._base import (
     AbstractNoiseSchedule as AbstractNoiseSchedule,
     AbstractSchedule as AbstractSchedule,
+    check_numerics as check_numerics,
     EmptyState as EmptyState,
 )
 from ._closed_form import (

@@ -13,8 +13,9 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
-from .._misc import as_float
+from .._misc import as_float, check_instance
 from .._types import Array, ArrayLike, Float, FloatLike
 
 
@@ -88,11 +89,18 @@ class AbstractSchedule(AbstractNoiseSchedule):
     def _density(self, lam: Array) -> Array:
         """Untruncated $p(\\lambda) = -d f^{-1}/d\\lambda$."""
 
-    def _t0_t1(self, dtype) -> tuple[Array, Array, Array]:
-        # t0 = f^-1(lam_max), 1 - t1 = 1 - f^-1(lam_min), and t1 - t0.
-        t0 = self._u(jnp.asarray(self.lam_max, dtype))
-        c1 = self._v(jnp.asarray(self.lam_min, dtype))
-        return t0, c1, (1 - t0) - c1
+    def _ends(self, dtype) -> tuple[Array, Array, Array, Array]:
+        # t0 = f^-1(lam_max) and t1 = f^-1(lam_min), each with its complement 1 - t computed directly, and the
+        # width t1 - t0 from whichever pair is the smaller (no cancellation). From 1 - t0 by subtraction, lam(0)
+        # was off by ~2 ulp(1) / (1 - t0) in float32: 1.3e-5 past lam_max for ShiftedCosine(shift=4) truncated
+        # to [-1, 0.03125], where 1 - t0 = 0.012 and p = 0 (so w/p = inf at t = 0).
+        hi, lo = jnp.asarray(self.lam_max, dtype), jnp.asarray(self.lam_min, dtype)
+        t0, c0, t1, c1 = self._u(hi), self._v(hi), self._u(lo), self._v(lo)
+        return t0, c0, t1, c1
+
+    def _width(self, dtype) -> Array:
+        t0, c0, t1, c1 = self._ends(dtype)
+        return jnp.where(t0 + t1 <= c0 + c1, t1 - t0, c0 - c1)
 
     def lam(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""Log-SNR $\tilde\lambda(t) = f(t_0 + (t_1 - t_0) t)$.
@@ -100,9 +108,10 @@ class AbstractSchedule(AbstractNoiseSchedule):
         $\lambda(0) = \lambda_{max}$ and $\lambda(1) = \lambda_{min}$.
         """
         t = as_float(t)
-        t0, c1, width = self._t0_t1(t.dtype)
-        u = t0 + width * t
-        v = c1 + width * (1 - t)
+        t0, c0, t1, c1 = self._ends(t.dtype)
+        # u and v = 1 - u, each interpolated between its own exact ends (both exact at t = 0 and t = 1)
+        u = t0 + (t1 - t0) * t
+        v = c1 + (c0 - c1) * (1 - t)
         # Where t0 (or 1 - t1) underflows to 0 (e.g. EDMTraining truncated at |lam| = 40 in float32), f would
         # give +-inf at the ends: return the endpoint itself there, keeping f's input positive so grads stay finite.
         tiny = jnp.finfo(u.dtype).tiny
@@ -114,16 +123,16 @@ class AbstractSchedule(AbstractNoiseSchedule):
     def t(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Inverse map $\tilde f^{-1}(\lambda) = (f^{-1}(\lambda) - t_0)/(t_1 - t_0)$."""
         lam = as_float(lam)
-        t0, c1, width = self._t0_t1(lam.dtype)
+        t0, c0, t1, c1 = self._ends(lam.dtype)
         u = self._u(lam)
         v = self._v(lam)
         # use whichever of u, 1-u is the smaller (more precise) number
-        return jnp.where(u < 0.5, (u - t0) / width, 1 - (v - c1) / width)
+        return jnp.where(u < 0.5, (u - t0) / (t1 - t0), 1 - (v - c1) / (c0 - c1))
 
     def density(self, lam: FloatLike) -> Float[Array, "*shape"]:
         r"""Density $\tilde p(\lambda) = p(\lambda)/(t_1 - t_0)$ on $[\lambda_{min}, \lambda_{max}]$, 0 outside."""
         lam = as_float(lam)
-        _, _, width = self._t0_t1(lam.dtype)
+        width = self._width(lam.dtype)
         lo = jnp.asarray(self.lam_min, lam.dtype)
         hi = jnp.asarray(self.lam_max, lam.dtype)
         # lam(0), lam(1) may round a few ulps past the ends; they still count as inside (else w/p = inf there)
@@ -135,5 +144,47 @@ class AbstractSchedule(AbstractNoiseSchedule):
     def dlam_dt(self, t: FloatLike) -> Float[Array, "*shape"]:
         r"""$d\lambda/dt = -1/\tilde p(\lambda(t))$ (closed form, no autodiff)."""
         lam = self.lam(t)
-        _, _, width = self._t0_t1(lam.dtype)
+        width = self._width(lam.dtype)
         return -width / self._density(lam)
+
+
+def check_numerics(schedule: AbstractNoiseSchedule, *, num: int = 1025) -> None:
+    r"""Raise a `ValueError` if a schedule is degenerate on its own range in float32 (under its initial state).
+
+    Checked on grids of `num` points: $\lambda(t)$ is finite and runs from $\lambda_{max}$ at $t = 0$ to
+    $\lambda_{min}$ at $t = 1$ (to 1% of the range), and the density $p(\lambda(t))$ is finite and positive for
+    $0 < t < 1$ (where it is 0, underflowed or negative, the importance weight $w/p$ of the weighted loss is
+    infinite or negative). Parameters that push the schedule's mass far outside the range (e.g.
+    a huge `ShiftedCosine` shift) fail here.
+
+    Args:
+        schedule: the schedule to check (fixed or adaptive).
+        num: number of grid points.
+
+    Raises:
+        ValueError: naming the schedule (with its parameters) and what is wrong where.
+    """
+    check_instance(schedule, AbstractNoiseSchedule, "schedule", "vd.schedules.Cosine(-10.0, 10.0)")
+    bound = schedule.bind(schedule.init())
+    lo, hi = float(bound.lam_min), float(bound.lam_max)
+    t = np.linspace(0.0, 1.0, num, dtype=np.float32)
+    lam = np.asarray(bound.lam(jnp.asarray(t)), np.float64)
+    tol = 0.01 * (hi - lo)
+    bad = np.flatnonzero(~np.isfinite(lam))
+    if bad.size:
+        i = int(bad[0])
+        why = f"λ(t) = {lam[i]} at t = {t[i]:.4g}"
+    elif abs(lam[0] - hi) > tol or abs(lam[-1] - lo) > tol:
+        why = f"λ(0) = {lam[0]:.6g} and λ(1) = {lam[-1]:.6g} instead of λ_max = {hi:.6g} and λ_min = {lo:.6g}"
+    else:
+        inner = jnp.asarray(lam[1:-1], jnp.float32)  # the λ's training draws (t = 0 and 1 exactly are measure zero)
+        p = np.asarray(bound.density(inner), np.float64)
+        bad = np.flatnonzero(~(np.isfinite(p) & (p > 0)))
+        if not bad.size:
+            return
+        i = int(bad[0])
+        why = f"its density p(λ) = {p[i]:.3g} at λ = {lam[i + 1]:.4g}, so the loss weight w/p is not finite there"
+    raise ValueError(
+        f"{schedule!r} is degenerate in float32: {why}. Choose parameters that keep its mass inside "
+        f"[λ_min, λ_max] = [{lo:.4g}, {hi:.4g}]."
+    )

@@ -38,3 +38,9 @@ from ._step import (
     TrainState as TrainState,
     TrainStep as TrainStep,
 )
+from ._workdir import (
+    claim_workdir as claim_workdir,
+    RUN_OUTPUTS as RUN_OUTPUTS,
+    WorkdirError as WorkdirError,
+    WorkdirLock as WorkdirLock,
+)

@@ -16,16 +16,17 @@ import optax
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_bytes, atomic_write_json
-from .._misc import check_positive_int
-from ._checkpoint import Checkpointer
-from ._metrics import image_grid, MetricsLogger, save_figure, save_png
+from .._misc import check_nonnegative_int, check_positive_int
+from ._checkpoint import Checkpointer, CheckpointError
+from ._metrics import image_grid, MetricsLogger, run_plots, save_png
 from ._objective import AbstractLoss
 from ._sharding import make_mesh, replicate_to_host, Sharding
 from ._step import init_train_state, make_train_step, TrainState
+from ._workdir import claim_workdir
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Too many consecutive training steps had a non-finite loss or gradient."""
+    """Too many consecutive training steps had a non-finite loss or gradient, or an evaluation was not finite."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +68,12 @@ class LoopConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("steps", "checkpoint_every", "log_every", "max_consecutive_skips", "max_to_keep", "accum_steps"):
+        positive = ("steps", "checkpoint_every", "log_every", "max_consecutive_skips", "max_to_keep", "accum_steps")
+        for name in positive + ("fsdp", "eval_batch", "eval_repeats"):
             check_positive_int(getattr(self, name), name)
+        for name in ("eval_every", "sample_every", "eval_examples"):
+            hint = " (0: only at the end)" if "every" in name else " (0: all)"
+            check_nonnegative_int(getattr(self, name), name, hint)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1); got {self.ema_decay}.")
 
@@ -112,43 +117,6 @@ def evaluate_bpd(
     return total / (n * repeats)
 
 
-def _plots(workdir: pathlib.Path, logger: MetricsLogger, loss: AbstractLoss, sched_state: Any) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    s, v = logger.series("loss", "train")
-    if len(s):
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(s, v, lw=1)
-        ax.set(xlabel="step", ylabel="training loss (mean per example)", yscale="log", title="loss curve")
-        save_figure(fig, workdir / "loss_curve.png")
-        written.append("loss_curve.png")
-    s, v = logger.series("test_bpd", "eval")
-    if len(s):
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(s, v, "o-")
-        ax.set(xlabel="step", ylabel="test bits/dim (EMA, -ELBO)", title="test bits/dim")
-        save_figure(fig, workdir / "bpd_curve.png")
-        written.append("bpd_curve.png")
-    density = loss.noise_density(sched_state)
-    if density is not None:
-        sched, weighting = density
-        lam = np.linspace(float(sched.lam_min), float(sched.lam_max), 801)
-        dens = np.asarray(jax.vmap(sched.density)(jnp.asarray(lam, jnp.float32)))
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(lam, dens, label="p(λ) of the noise schedule")
-        w = np.asarray(jax.vmap(weighting)(jnp.asarray(lam, jnp.float32)))
-        ax.plot(lam, w / np.trapezoid(w, lam), "--", label="w(λ) (normalised)")
-        ax.set(xlabel="λ (log-SNR)", ylabel="density", title="noise schedule")
-        ax.legend()
-        save_figure(fig, workdir / "p_lambda.png")
-        written.append("p_lambda.png")
-    return written
-
-
 def fit(
     model: Any,
     loss: AbstractLoss,
@@ -160,6 +128,8 @@ def fit(
     config: dict,
     key: Any,
     resume: bool = False,
+    resume_from: int | None = None,
+    overwrite: bool = False,
     test_data: np.ndarray | None = None,
     num_levels: int | None = None,
     sample_shape: tuple[int, ...] | None = None,
@@ -180,7 +150,10 @@ def fit(
         config: the run's full config as a JSON-able dict, saved with every checkpoint. On resume every entry
             except the `"run"` section (settings that do not change the maths) must equal the checkpoint's.
         key: base PRNG key of the run.
-        resume: continue from the latest checkpoint in `workdir/checkpoints` (bit for bit).
+        resume: continue from the latest checkpoint in `workdir/checkpoints` (bit for bit); a damaged latest
+            checkpoint is an error, never skipped.
+        resume_from: continue from this checkpoint step instead (implies `resume`); newer checkpoints are deleted.
+        overwrite: delete an earlier run's outputs in `workdir` instead of refusing the folder.
         test_data: integer test set for the periodic bits/dim (EMA model); `None` to skip.
         num_levels: levels of the data (for the PNG grid).
         sample_shape: `(num_samples, *example)` to draw samples of the EMA model with `loss.sample` (PNG grids of
@@ -189,36 +162,85 @@ def fit(
         decode_text: turns the samples (token ids) into text written to `samples*.txt` instead of a PNG.
         sharding: device layout (default: data parallel over all devices).
 
+    The run owns `workdir` while it runs (`claim_workdir`): a second run on it is refused, and so is a folder holding
+    an earlier run's results unless `resume` or `overwrite`. Resuming a run that already finished (its last
+    checkpoint at `loop.steps` and its `summary.json` written) changes nothing and returns the saved summary.
+
     Raises:
-        ValueError: if `workdir` already has checkpoints and `resume` is false, or the data yields no batch.
-        CheckpointError: if the checkpoint to resume from is corrupt or from a different config.
-        NonFiniteLossError: after `loop.max_consecutive_skips` non-finite steps in a row.
+        WorkdirError: if `workdir` is in use, holds an earlier run's results (without `resume`/`overwrite`), or is
+            not a writable folder.
+        ValueError: if the data yields no batch.
+        CheckpointError: if the checkpoint to resume from is damaged or from a different config.
+        NonFiniteLossError: after `loop.max_consecutive_skips` non-finite steps in a row, or a non-finite evaluation.
     """
     workdir = pathlib.Path(workdir)
+    if test_data is not None and np.shape(test_data)[:1] in ((), (0,)):
+        raise ValueError(f"`test_data` must hold at least one example; got shape {np.shape(test_data)}.")
+    if sample_shape is not None:
+        for i, n in enumerate(sample_shape):
+            check_positive_int(n, f"sample_shape[{i}]", " (the number of samples, then the example's shape)")
+        check_positive_int(sample_steps, "sample_steps")
+    if resume_from is not None:
+        check_nonnegative_int(resume_from, "resume_from")
+        resume = True
+    json.dumps(config)
+    with claim_workdir(workdir, resume=resume, overwrite=overwrite):
+        return _fit(
+            model=model,
+            loss=loss,
+            optimizer=optimizer,
+            dataset=dataset,
+            loop=loop,
+            workdir=workdir,
+            config=config,
+            key=key,
+            resume=resume,
+            resume_from=resume_from,
+            test_data=test_data,
+            num_levels=num_levels,
+            sample_shape=sample_shape,
+            sample_steps=sample_steps,
+            decode_text=decode_text,
+            sharding=sharding,
+        )
+
+
+def _fit(
+    *, model, loss, optimizer, dataset, loop, workdir, config, key, resume, resume_from, test_data, num_levels,
+    sample_shape, sample_steps, decode_text, sharding,
+) -> dict:  # fmt: skip
     is_main = jax.process_index() == 0
     sharding = sharding or Sharding(make_mesh(loop.fsdp))
     ckpt_dir = workdir / "checkpoints"
-    if not resume and ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-        raise ValueError(
-            f"`workdir` {workdir} already holds checkpoints; pass --resume to continue that run "
-            "or choose a new --workdir."
-        )
-    json.dumps(config)
+    if resume_from is not None and not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
+        raise CheckpointError(f"No checkpoint in {ckpt_dir}; --resume-from {resume_from} has nothing to resume.")
     ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, free_keys=("run",))
-    state = init_train_state(model, optimizer, loss, key=key)
+    try:
+        state = init_train_state(model, optimizer, loss, key=key)
+        start_step = None
+        if resume and (ckpt.all_steps() or ckpt.damaged_steps()):
+            state, data_state, start_step = ckpt.restore(state, config=config, step=resume_from)
+            finished = _finished_summary(workdir, start_step, loop.steps)
+            if finished is not None:
+                print(f"The run in {workdir} already finished at step {start_step}; its outputs are unchanged.")
+                return finished
+            if resume_from is not None and is_main:
+                dropped = ckpt.discard_after(start_step)
+                if dropped:
+                    print(f"Discarded the checkpoints after step {start_step}: {', '.join(map(str, dropped))}.")
+            print(f"Resumed from {ckpt_dir / str(start_step)} (step {start_step}).")
+        elif resume:
+            print(f"No checkpoint in {ckpt_dir}; starting from scratch.")
+    except BaseException:
+        ckpt.close()
+        raise
     train_step = make_train_step(
         loss, optimizer, ema_decay=loop.ema_decay, accum_steps=loop.accum_steps, sharding=sharding
     )
     state = sharding.shard_state(state)
     iterator = iter(dataset)
-    start_step = None
-    if resume and ckpt.latest_step() is not None:
-        state, data_state, start_step = ckpt.restore(state, config=config)
-        state = sharding.shard_state(state)
+    if start_step is not None:
         iterator.set_state(data_state)  # type: ignore[attr-defined]
-        print(f"Resumed from {ckpt_dir / str(start_step)} (step {start_step}).")
-    elif resume:
-        print(f"No checkpoint in {ckpt_dir}; starting from scratch.")
     logger = MetricsLogger(workdir, resume_step=start_step or 0, tensorboard=loop.tensorboard, enabled=is_main)
     step = int(state.step)
     eval_key = jr.fold_in(key, 1_000_003)
@@ -248,10 +270,16 @@ def fit(
                 logger.log(step, {"skipped": 1.0, "consecutive_skips": float(skips)}, kind="nan_guard")
                 if skips >= loop.max_consecutive_skips:
                     last = ckpt.latest_step()
+                    where = (
+                        f"The last good checkpoint (step {last}) in {ckpt_dir} is intact: lower the learning rate "
+                        "or inspect the data, then resume with --resume."
+                        if last is not None
+                        else "No checkpoint was written yet: lower the learning rate or inspect the data and the "
+                        "weighting, then start again with --overwrite."
+                    )
                     raise NonFiniteLossError(
                         f"{skips} consecutive training steps had a non-finite loss or gradient (at step {step}); "
-                        f"stopping. The last good checkpoint (step {last}) in {ckpt_dir} is intact: lower the "
-                        "learning rate or inspect the data, then resume with --resume."
+                        f"stopping. {where}"
                     )
                 continue
             step = int(metrics["step"])
@@ -294,7 +322,7 @@ def fit(
             "config": config,
         }
         if is_main:
-            files += _plots(workdir, logger, loss, state.sched_state)
+            files += run_plots(workdir, logger, loss.noise_density(state.sched_state))
             summary["files"] = files
             atomic_write_json(workdir / "summary.json", summary)
         return summary
@@ -304,11 +332,23 @@ def fit(
         ckpt.close()
 
 
+def _finished_summary(workdir: pathlib.Path, step: int, steps: int) -> dict | None:
+    """The saved summary of a run that already reached `steps`, or `None`."""
+    path = workdir / "summary.json"
+    if step < steps or not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("steps") == step else None
+
+
 def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop: LoopConfig, sharding) -> float:
     data = np.asarray(data)
     if loop.eval_examples:
         data = data[: loop.eval_examples]
-    return evaluate_bpd(
+    bpd = evaluate_bpd(
         state.ema_model(),
         loss,
         data,
@@ -316,6 +356,13 @@ def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop:
         sched_state=state.sched_state,
         batch_size=loop.eval_batch,
     )
+    if not np.isfinite(bpd):
+        raise NonFiniteLossError(
+            f"The test bits/dim of the EMA model at step {step} is {bpd} (not finite); stopping before any plot or "
+            "summary. Check the weighting, the schedule and the learning rate; the checkpoints written so far are "
+            "intact."
+        )
+    return bpd
 
 
 @eqx.filter_jit

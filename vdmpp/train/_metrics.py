@@ -6,6 +6,8 @@ import math
 import pathlib
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._io import atomic_write_bytes
@@ -109,3 +111,40 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def run_plots(workdir: pathlib.Path, logger: "MetricsLogger", density: Any) -> list[str]:
+    """Write the loss curve, the test bits/dim curve and (`density` = (schedule, weighting)) p(λ) beside w(λ)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    s, v = logger.series("loss", "train")
+    if len(s):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(s, v, lw=1)
+        ax.set(xlabel="step", ylabel="training loss (mean per example)", yscale="log", title="loss curve")
+        save_figure(fig, workdir / "loss_curve.png")
+        written.append("loss_curve.png")
+    s, v = logger.series("test_bpd", "eval")
+    if len(s):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(s, v, "o-")
+        ax.set(xlabel="step", ylabel="test bits/dim (EMA, -ELBO)", title="test bits/dim")
+        save_figure(fig, workdir / "bpd_curve.png")
+        written.append("bpd_curve.png")
+    if density is not None:
+        sched, weighting = density
+        lam = np.linspace(float(sched.lam_min), float(sched.lam_max), 801)
+        dens = np.asarray(jax.vmap(sched.density)(jnp.asarray(lam, jnp.float32)))
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.plot(lam, dens, label="p(λ) of the noise schedule")
+        w = np.asarray(jax.vmap(weighting)(jnp.asarray(lam, jnp.float32)))
+        ax.plot(lam, w / np.trapezoid(w, lam), "--", label="w(λ) (normalised)")
+        ax.set(xlabel="λ (log-SNR)", ylabel="density", title="noise schedule")
+        ax.legend()
+        save_figure(fig, workdir / "p_lambda.png")
+        written.append("p_lambda.png")
+    return written

@@ -1,6 +1,7 @@
 """The optimiser: Adam with global-norm clipping and a warmup + cosine/constant learning rate (optax)."""
 
 import abc
+import math
 
 import equinox as eqx
 import optax
@@ -52,8 +53,8 @@ def make_optimizer(
     Raises:
         ValueError: if `lr`, `warmup` or `total_steps` is out of range.
     """
-    if not lr > 0:
-        raise ValueError(f"`lr` must be positive; got {lr}.")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"`lr` must be positive and finite; got {lr}.")
     if warmup < 0 or total_steps < 1:
         raise ValueError(
             f"`warmup` must be >= 0 and `total_steps` >= 1; got warmup={warmup}, total_steps={total_steps}."
