@@ -1,7 +1,8 @@
-"""Samplers and the ODE likelihood against a Gaussian mixture's closed forms (issue #4, acceptance 1-8)."""
+"""Samplers and the ODE likelihood against a Gaussian mixture's closed forms (issue #4; issue #16 items 1, 3, 5, 6)."""
 
 import functools as ft
 import math
+from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
@@ -41,7 +42,7 @@ def _record(lam):
 class Recording(eqx.Module):
     """Calls the wrapped denoiser and records each call's lam (the callback runs once per batched call)."""
 
-    fn: object
+    fn: Callable
 
     def __call__(self, z, lam, **kwargs):
         jax.debug.callback(_record, lam)
@@ -114,7 +115,7 @@ def test_odelikelihood_exact_trace_matches_closed_form():
     ctrl = dfx.PIDController(rtol=1e-6, atol=1e-6)
     logp = vd.samplers.log_likelihood(MIX.denoiser, z, key=jr.key(3), schedule=s, stepsize_controller=ctrl)
     exact = MIX.log_prob(z, 8.0)
-    assert float(jnp.max(jnp.abs(logp - exact))) / 2 < 1e-3  # nats per dimension
+    assert float(jnp.max(jnp.abs(logp - exact))) / 2 < 1e-3  # nats per dimension  # pyright: ignore[reportOperatorIssue]
     # Hutchinson: unbiased, and its reported standard error is honest
     est, aux = vd.samplers.log_likelihood(
         MIX.denoiser, z, key=jr.key(4), schedule=s, hutchinson_probes=16, stepsize_controller=ctrl, return_aux=True
@@ -259,23 +260,16 @@ class CondMixture(eqx.Module):
         return eqx.tree_at(lambda m: m.log_weights, self.g, logw).denoiser(z, lam)
 
 
+# guidance is a denoiser wrapper, the same for every sampler: one deterministic and one stochastic sampler
 GUIDED = {
     "ancestral": ft.partial(vd.samplers.ancestral, schedule=COSINE, num_steps=8),
     "edm": ft.partial(vd.samplers.edm, num_steps=5, s_churn=2.0),
-    "probability_flow": ft.partial(
-        vd.samplers.probability_flow,
-        schedule=COSINE,
-        solver=dfx.Heun(),
-        stepsize_controller=dfx.ConstantStepSize(),
-        dt0=-0.1,
-    ),
-    "reverse_sde": ft.partial(vd.samplers.reverse_sde, schedule=LINEAR, num_steps=8),
 }
 
 
 @eqx.filter_jit
 def _guided_run(sampler, scale, key):
-    return sampler(CondMixture(MIX), (64, 2), key=key, label=1, null_label=3, guidance_scale=scale)
+    return sampler(vd.samplers.guided(CondMixture(MIX), 1, 3, scale), (64, 2), key=key)
 
 
 @eqx.filter_jit
@@ -344,11 +338,11 @@ def test_ancestral_on_an_explicit_lambda_grid():
 def test_jit_and_vmap():
     keys = jr.split(jr.key(14), 2)
     f = ft.partial(vd.samplers.ancestral, MIX.denoiser, (3, 2), schedule=COSINE, num_steps=4)
-    batched, nfe = jax.vmap(lambda k: f(key=k))(keys)
+    batched = jax.vmap(lambda k: f(key=k)[0])(keys)
     jitted = jax.jit(lambda k: f(key=k)[0])
     single = jnp.stack([jitted(k) for k in keys])
     assert np.allclose(batched, single, atol=1e-5)
-    assert np.all(np.asarray(nfe) == 5)
+    assert f(key=keys[0])[1] == 5
 
 
 def test_ancestral_decodes_discrete_levels():
@@ -405,19 +399,111 @@ def test_bad_shapes_and_outputs():
     ):
         with pytest.raises(ValueError, match="same shape"):
             eqx.filter_eval_shape(lambda: sampler(bad, (4, 2), key=jr.key(0)))
-    with pytest.raises(ValueError, match="one entry per sample"):
-        vd.samplers.ancestral(
-            CondMixture(MIX),
-            (4, 2),
-            key=jr.key(0),
-            schedule=COSINE,
-            num_steps=2,
-            label=jnp.zeros(3, jnp.int32),
-            null_label=3,
-        )
     with pytest.raises(ValueError, match="`dt0` must be negative"):
         vd.samplers.probability_flow(MIX.denoiser, (4, 2), key=jr.key(0), schedule=COSINE, dt0=0.1)
     with pytest.raises(ValueError, match="`x` must be a batch"):
         vd.samplers.log_likelihood(MIX.denoiser, jnp.zeros(2), key=jr.key(0), schedule=COSINE)
     with pytest.raises(ValueError, match="not supported"):
         vd.samplers.probability_flow(MIX.denoiser, (4, 2), key=jr.key(0), schedule=COSINE, solver=dfx.Kvaerno5())
+
+
+# --- issue #16: one interface, vd.samplers.sample ----------------------------------------------
+
+S = vd.samplers
+ALL_SAMPLERS = [
+    S.Ancestral(final_denoise=True, grid=S.UniformLogSNR()),
+    S.DDIM(eta=1.0, grid=S.EDMGrid()),
+    S.DPMSolverPP(order=2, final_denoise=True),
+    S.DPMSolverPP(order=3, eta=0.5, grid=S.UniformLogSNR()),
+    S.EDM(),
+    S.EDM(s_churn=5.0, final_denoise=False, grid=S.UniformTime()),
+    S.ProbabilityFlow(dfx.Tsit5(), grid=S.EDMGrid(), final_denoise=True),
+    S.ReverseSDE(),
+]
+
+
+@pytest.mark.parametrize("sampler", ALL_SAMPLERS, ids=lambda s: type(s).__name__)
+def test_sample_counts_calls_exactly_and_compiles_once(sampler):
+    """Acceptance 5: a Python-int call count equal to the calls a counting callback sees; one trace per shape."""
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def run(key):
+        return S.sample(sampler, Recording(MIX.denoiser), (3, 2), key=key, schedule=LINEAR, num_steps=4)
+
+    run(jr.key(0))
+    _CALLS.clear()
+    x, nfe = run(jr.key(1))  # the same shape: no retrace
+    jax.block_until_ready(x)
+    jax.effects_barrier()
+    assert type(nfe) is int and nfe == len(_CALLS) > 0
+    assert x.shape == (3, 2) and bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_guided_calls_counted_through_the_interface():
+    den = vd.samplers.guided(CondMixture(MIX), 1, 3, 2.0)
+    _, nfe = S.sample(S.DPMSolverPP(), den, (4, 2), key=jr.key(0), schedule=LINEAR, num_steps=5)
+    assert nfe == 10 and S.calls_per_eval(den) == 2 and S.calls_per_eval(MIX.denoiser) == 1
+
+
+def test_z_init_is_the_start_and_is_checked():
+    z = jr.normal(jr.key(3), (5, 2))
+    run = ft.partial(S.sample, S.DPMSolverPP(), MIX.denoiser, (5, 2), schedule=LINEAR, num_steps=3)
+    a, _ = run(key=jr.key(1), z_init=z)
+    b, _ = run(key=jr.key(2), z_init=z)
+    assert np.array_equal(a, b)  # a deterministic sampler: the key only draws the start
+    assert not np.allclose(run(key=jr.key(1))[0], a)
+    with pytest.raises(ValueError, match="`z_init` must be finite"):
+        run(key=jr.key(1), z_init=z.at[0, 0].set(jnp.nan))
+    with pytest.raises((ValueError, RuntimeError), match="`z_init` must be finite"):
+        jax.jit(lambda zi: run(key=jr.key(1), z_init=zi)[0])(z.at[0, 0].set(jnp.inf)).block_until_ready()
+    with pytest.raises(ValueError, match="`z_init` must have the samples' shape"):
+        run(key=jr.key(1), z_init=z[:4])
+    with pytest.raises(TypeError, match="`z_init` must be a float"):
+        run(key=jr.key(1), z_init=jnp.zeros((5, 2), jnp.int32))
+
+
+def test_edm_noise_range_follows_the_schedule():
+    # EDM() on any schedule starts at sigma_max = exp(-lam_min/2); on EDMSampling() it is EDM's published grid
+    sched = vd.schedules.Cosine(-15.0, 15.0)
+    _CALLS.clear()
+    S.sample(S.EDM(), Recording(MIX.denoiser), (1, 2), key=jr.key(0), schedule=sched, num_steps=3)
+    jax.effects_barrier()
+    assert min(_CALLS) == pytest.approx(-15.0, abs=1e-4) and max(_CALLS) == pytest.approx(15.0, abs=1e-3)
+    _CALLS.clear()
+    S.sample(S.EDM(), Recording(MIX.denoiser), (1, 2), key=jr.key(0), schedule=vd.schedules.EDMSampling(), num_steps=5)
+    jax.effects_barrier()
+    s6 = vd.samplers.edm_sigmas(6)  # EDM's 6 steps = 5 Heun steps + the final denoising step
+    want = np.sort(-2 * np.log(np.concatenate([s6[:-1], s6[1:-1]])))
+    assert np.allclose(np.sort(_CALLS), want, atol=2e-4)
+
+
+def test_bad_sampler_input():
+    """Acceptance 6 (Gaussian part): clear errors before any work."""
+    for order in (0, 4):
+        with pytest.raises(ValueError, match="`order` of DPMSolverPP must be 1, 2 or 3"):
+            S.DPMSolverPP(order=order)
+    with pytest.raises((ValueError, TypeError), match="order"):  # jaxtyping rejects the float first in tests
+        S.DPMSolverPP(order=2.0)  # pyright: ignore[reportArgumentType]
+    for cls in (S.DDIM, S.DPMSolverPP):
+        for eta in (-0.1, float("nan")):
+            with pytest.raises(ValueError, match="`eta`"):
+                cls(eta=eta)
+    run = ft.partial(S.sample, denoiser=MIX.denoiser, shape=(2, 2), key=jr.key(0), schedule=LINEAR)
+    with pytest.raises(ValueError, match="fewer than DPMSolverPP's `order`=3"):
+        run(S.DPMSolverPP(order=3), num_steps=2)
+    with pytest.raises(ValueError, match="increasing strictly"):
+        S.ExplicitGrid([-5.0, 1.0, 0.0, 5.0])
+    with pytest.raises(ValueError, match="`num_steps` must be 3"):
+        run(S.DDIM(grid=S.ExplicitGrid([-5.0, 0.0, 1.0, 5.0])), num_steps=4)
+    with pytest.raises(ValueError, match="finite `lam_min` and `lam_max`"):
+        S.sample(S.DDIM(grid=S.UniformLogSNR()), MIX.denoiser, (2, 2), key=jr.key(0),
+                 schedule=vd.schedules.Cosine(-float("inf"), float("inf")), num_steps=3)  # fmt: skip
+    with pytest.raises(ValueError, match="`rho` of EDMGrid"):
+        S.EDMGrid(rho=0.0)
+    with pytest.raises(ValueError, match="`num_steps` must be a positive integer"):
+        run(S.DDIM(), num_steps=0)
+    with pytest.raises(TypeError, match="sampler"):
+        run("ddim", num_steps=3)  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ValueError, match="not supported"):
+        S.ProbabilityFlow(dfx.Kvaerno5())
