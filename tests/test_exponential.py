@@ -152,8 +152,8 @@ def _check_marginal(x, lam, n):
 
 ETA_SAMPLERS = [
     S.DPMSolverPP(order=2, eta=1.0, grid=S.UniformLogSNR()),
-    S.DDIM(eta=0.5, grid=S.UniformLogSNR()),
-    S.DPMSolverPP(order=3, eta=0.5, grid=S.UniformLogSNR()),
+    pytest.param(S.DDIM(eta=0.5, grid=S.UniformLogSNR()), marks=pytest.mark.slow),
+    pytest.param(S.DPMSolverPP(order=3, eta=0.5, grid=S.UniformLogSNR()), marks=pytest.mark.slow),
 ]
 
 

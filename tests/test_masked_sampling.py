@@ -211,7 +211,11 @@ class _Uniform(eqx.Module):
         return jnp.zeros(z.shape + (V3,))
 
 
-@pytest.mark.parametrize("remasking", [M.RemaskCap(0.3), M.RemaskRescale(1.0), M.RemaskLoop(eta=0.2)], ids=repr)
+@pytest.mark.parametrize(
+    "remasking",
+    [M.RemaskCap(0.3), pytest.param(M.RemaskRescale(1.0), marks=pytest.mark.slow), M.RemaskLoop(eta=0.2)],
+    ids=repr,
+)
 def test_remdm_keeps_the_masking_marginal(remasking):
     # a denoiser that ignores z makes the tokens independent: at a call with log-SNR lam, the masked fraction
     # of B*L tokens is Binomial(B L, 1 - alpha) with alpha = sigmoid(lam) (THEORY §14: sigma keeps the marginal)
@@ -239,7 +243,11 @@ def test_first_hitting_is_exact_in_L_calls(getkey):
 
 @pytest.mark.parametrize(
     "sampler",
-    [M.FirstHitting(), M.SemiAutoregressive(M.FirstHitting(), 2), pytest.param(M.Ancestral(), marks=pytest.mark.slow)],
+    [
+        M.FirstHitting(),
+        pytest.param(M.SemiAutoregressive(M.FirstHitting(), 2), marks=pytest.mark.slow),
+        pytest.param(M.Ancestral(), marks=pytest.mark.slow),
+    ],
     ids=lambda s: type(s).__name__,
 )
 def test_conditioned_samples_match_the_exact_conditional(sampler, getkey):

@@ -1,7 +1,6 @@
 """Shared pieces of the samplers: argument checks, batching, classifier-free guidance."""
 
 import abc
-import math
 import warnings
 from collections.abc import Callable
 
@@ -154,8 +153,3 @@ def float_dtype(dtype) -> jnp.dtype:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`dtype` must be a floating dtype; got {dtype}.")
     return dtype
-
-
-def num_data(shape: tuple[int, ...]) -> int:
-    """Number of dimensions of one example."""
-    return math.prod(shape[1:])
