@@ -182,7 +182,7 @@ OTHER = [
     (masked_weightings, ["--draws", "1"], ["`--draws`", "got 1"]),
     (masked_weightings, ["--dim", "30"], ["`--dim`", "30"]),
     (masked_sampling, ["--seed", "-3"], ["`--seed`", "-3"]),
-    (bench_samplers, ["--num-samples", "1"], ["`--num-samples`", "got 1"]),
+    (bench_samplers, ["--seed", "-1"], ["`--seed`", "got -1"]),
     (bench_variance, ["--lam-min", "5", "--lam-max", "5"], ["--lam-min", "--lam-max"]),
     (bench_variance, ["--samples", "0"], ["`--samples`", "got 0"]),
     (bench_overhead, ["--repeats", "0"], ["`--repeats`", "got 0"]),

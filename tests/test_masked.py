@@ -1,4 +1,4 @@
-"""Masked diffusion: schedules, forward process, ELBO, reweighted losses, samplers (issue #6)."""
+"""Masked diffusion: schedules, forward process, ELBO, reweighted losses (issue #6; samplers: test_masked_sampling)."""
 
 import math
 
@@ -300,96 +300,6 @@ def test_reweighted_loss_schedule_invariant(weighting, getkey):
         assert abs(means[0] - means[1]) <= 3 * math.hypot(*ses) + 1e-3, (means, ses)
 
 
-# --- 8. samplers --------------------------------------------------------------------------------
-
-_anc = eqx.filter_jit(M.ancestral)
-
-
-def _non_data_fraction(samples) -> float:
-    s = np.asarray(samples)
-    return float(1 - (s[:, None, :] == DATA[None]).all(-1).any(-1).mean())
-
-
-def test_any_order_ar_sampler_is_exact(getkey):
-    n = 4000
-    s, nfe, order = eqx.filter_jit(M.any_order_autoregressive)(
-        ORACLE, (n, L3), key=getkey(), mask_id=V3, return_order=True
-    )
-    s = np.asarray(s)
-    assert int(nfe) == L3
-    assert _non_data_fraction(s) == 0.0
-    counts = [(s == row).all(-1).sum() for row in DATA]
-    assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts
-    # the order is a permutation of the positions for every sample
-    assert np.all(np.sort(np.asarray(order), axis=1) == np.arange(L3))
-
-
-def test_ancestral_sampler_approaches_data(getkey):
-    key = getkey()
-    fracs = [
-        _non_data_fraction(_anc(ORACLE, (2000, L3), key=key, schedule=M.LinearSchedule(), num_steps=T, mask_id=V3)[0])
-        for T in (1, 4, 64)
-    ]
-    assert fracs[0] > fracs[1] > fracs[2] and fracs[2] < 0.05, fracs
-    s, nfe = _anc(ORACLE, (4000, L3), key=getkey(), schedule=M.CosineSchedule(), num_steps=256, mask_id=V3)
-    s = np.asarray(s)
-    rows = (s[:, None, :] == DATA[None]).all(-1)
-    counts = rows.sum(0)
-    assert int(nfe) == 256
-    assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts  # frequency 1/N among data rows
-
-
-def test_cached_sampler_same_samples_fewer_nfe(getkey):
-    key = getkey()
-    for grid in (M.UniformGrid(), M.CosineGrid()):
-        a, nfe_a = _anc(ORACLE, (4, L3), key=key, schedule=M.LinearSchedule(), num_steps=64, mask_id=V3, grid=grid)
-        b, nfe_b = _anc(
-            ORACLE, (4, L3), key=key, schedule=M.LinearSchedule(), num_steps=64, mask_id=V3, grid=grid, cache=True
-        )
-        assert np.array_equal(np.asarray(a), np.asarray(b))
-        assert int(nfe_a) == 64 and int(nfe_b) < 32, (int(nfe_a), int(nfe_b))
-
-
-def test_explicit_grid():
-    g = M.ExplicitGrid([0.0, 0.1, 0.5, 1.0])
-    assert tree_allclose(g(3), jnp.asarray([0.0, 0.1, 0.5, 1.0]))
-    with pytest.raises(ValueError, match="num_steps"):
-        g(4)
-    with pytest.raises(ValueError, match="times"):
-        M.ExplicitGrid([0.0, 0.6, 0.5, 1.0])
-
-
-def test_top_p_filter_and_sampler(getkey):
-    logp = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
-    out = np.exp(np.asarray(M.top_p_filter(logp, 0.7)))
-    np.testing.assert_allclose(out, [0.625, 0.375, 0.0, 0.0], atol=1e-6)
-    np.testing.assert_allclose(np.exp(np.asarray(M.top_p_filter(logp, 1.0))), [0.5, 0.3, 0.15, 0.05], atol=1e-6)
-    s, _ = _anc(ORACLE, (50, L3), key=getkey(), schedule=M.LinearSchedule(), num_steps=8, mask_id=V3, top_p=0.9)
-    assert np.all((np.asarray(s) >= 0) & (np.asarray(s) < V3))
-
-
-def test_gumbel_max_draws_in_log_space_do_not_underflow(getkey):
-    # a token with probability e^-120 (0 in float32 probabilities) is never drawn, and the dominant one
-    # always is; no nan from exp underflow.
-    def peaked(z, lam):
-        return jnp.broadcast_to(jnp.array([0.0, -120.0, -120.0]), z.shape + (3,))
-
-    s, _ = _anc(peaked, (500, 6), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=3)
-    assert np.all(np.asarray(s) == 0)
-
-
-def test_float64_draws(getkey):
-    with pytest.raises(ValueError, match="x64"):
-        M.ancestral(
-            ORACLE, (8, L3), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=V3, dtype=jnp.float64
-        )
-    with jax.enable_x64(True):
-        s, nfe = M.ancestral(
-            ORACLE, (8, L3), key=getkey(), schedule=M.LinearSchedule(), num_steps=4, mask_id=V3, dtype=jnp.float64
-        )
-        assert int(nfe) == 4 and np.all((np.asarray(s) >= 0) & (np.asarray(s) < V3))
-
-
 # --- 9. bad input -------------------------------------------------------------------------------
 
 
@@ -419,8 +329,6 @@ def test_bad_input(getkey):
         M.elbo(ORACLE, good.astype(jnp.float32), key=getkey(), schedule=sched, mask_id=V3)
     with pytest.raises(ValueError, match="num_steps"):
         M.elbo(ORACLE, good, key=getkey(), schedule=sched, mask_id=V3, num_steps=0)
-    with pytest.raises(ValueError, match="num_steps"):
-        M.ancestral(ORACLE, (2, L3), key=getkey(), schedule=sched, num_steps=0, mask_id=V3)
     with pytest.raises(ValueError, match="mask_id"):
         M.elbo(ORACLE, good, key=getkey(), schedule=sched, mask_id=-1)
     with pytest.raises(TypeError, match="weighting"):

@@ -7,11 +7,20 @@ from ._cascade import (
     weighted_cascade as weighted_cascade,
 )
 from ._elbo import bits_per_token as bits_per_token, elbo as elbo, elbo_at as elbo_at
+from ._guidance import Guided as Guided, guided as guided
 from ._process import (
     apply_mask as apply_mask,
     forward as forward,
     masks_from_uniforms as masks_from_uniforms,
     sample_mask as sample_mask,
+)
+from ._remask import (
+    AbstractRemasking as AbstractRemasking,
+    RemaskCap as RemaskCap,
+    RemaskConfidence as RemaskConfidence,
+    RemaskLoop as RemaskLoop,
+    RemaskRescale as RemaskRescale,
+    ReMDM as ReMDM,
 )
 from ._reweighted import (
     reweighted_loss as reweighted_loss,
@@ -19,15 +28,24 @@ from ._reweighted import (
     Simple as Simple,
     tilde_weight as tilde_weight,
 )
+from ._samplers import (
+    AbstractMaskedSampler as AbstractMaskedSampler,
+    Ancestral as Ancestral,
+    FirstHitting as FirstHitting,
+    MaskGIT as MaskGIT,
+    sample as sample,
+    SemiAutoregressive as SemiAutoregressive,
+)
 from ._sampling import (
     AbstractTimeGrid as AbstractTimeGrid,
-    ancestral as ancestral,
-    any_order_autoregressive as any_order_autoregressive,
-    CosineGrid as CosineGrid,
+    Condition as Condition,
+    CosineGridFineAtData as CosineGridFineAtData,
+    CosineGridFineAtNoise as CosineGridFineAtNoise,
     ExplicitGrid as ExplicitGrid,
     top_p_filter as top_p_filter,
     UniformGrid as UniformGrid,
 )
+from ._sampling_functions import ancestral as ancestral, any_order_autoregressive as any_order_autoregressive
 from ._schedules import (
     AbstractMaskingSchedule as AbstractMaskingSchedule,
     CosineSchedule as CosineSchedule,

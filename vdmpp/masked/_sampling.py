@@ -1,57 +1,64 @@
-r"""Samplers for masked diffusion: MD4 ancestral, top-p, cached (MDLM), any-order autoregressive.
-
-Every sampler works on a batch `shape = (batch, *example_shape)`, calls the denoiser (on ONE example,
-`(z, lam) -> logits (*example_shape, V)`) through `jax.vmap`, is jittable (`lax.scan`), and returns
-`(samples, nfe)` with `nfe` the number of batched network evaluations.
+r"""Shared pieces of the masked samplers: time grids, nucleus filtering, conditioning, checks, draws.
 
 Categorical draws use the Gumbel-max trick on log-probabilities (never on probabilities, which
 underflow in float32 and bias the draws), in float32 by default or in float64 when asked (needs
 `jax_enable_x64`).
-
-Ancestral step $t \to s$ (MD4): a masked token is revealed with probability
-$(\alpha_s - \alpha_t)/(1 - \alpha_t)$, its value drawn from $\mu_\theta(\cdot|z_t)$; revealed tokens never
-change (SUBS). At the last step ($s = 0$) every remaining mask is revealed.
 """
 
 import abc
-import math
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax import lax
 
-from .._types import Array, Float, Int, PRNGKeyArray
+from .._misc import check_positive_int, concrete
+from .._types import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
+from ._elbo import infer_vocab_size
 from ._process import check_mask_id
-from ._schedules import AbstractMaskingSchedule
 
 
 class AbstractTimeGrid(eqx.Module):
-    """A sampling grid $0 = t_0 < t_1 < \\dots < t_T = 1$."""
+    """A sampling grid $0 = t_0 < t_1 < \\dots < t_T = 1$ (sampling runs from $t_T = 1$ down to 0)."""
 
     @abc.abstractmethod
-    def __call__(self, num_steps: int) -> Float[Array, " T+1"]:
+    def __call__(self, num_steps: int) -> Float[Array, " M"]:
         """Return the $T + 1$ grid times, increasing from 0 to 1."""
 
 
 class UniformGrid(AbstractTimeGrid):
     r"""$t_k = k/T$."""
 
-    def __call__(self, num_steps):
+    def __call__(self, num_steps: int) -> Float[Array, " M"]:
         """Uniform grid."""
         return jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
 
 
-class CosineGrid(AbstractTimeGrid):
-    r"""$t_k = 1 - \cos(\tfrac{\pi}{2}\,k/T)$: smaller steps near the data end ($t = 0$)."""
+class CosineGridFineAtData(AbstractTimeGrid):
+    r"""$t_k = 1 - \cos(\tfrac{\pi}{2}\,k/T)$: small steps near the data ($t = 0$), large near the noise.
 
-    def __call__(self, num_steps):
-        """Cosine grid."""
+    The mirror image of MD4's cosine grid (`CosineGridFineAtNoise`).
+    """
+
+    def __call__(self, num_steps: int) -> Float[Array, " M"]:
+        """Cosine grid, fine at $t = 0$."""
         k = jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
-        return (2.0 * jnp.sin(0.25 * jnp.pi * k) ** 2).at[-1].set(1.0)
+        return (2.0 * jnp.sin(0.25 * jnp.pi * k) ** 2).at[-1].set(1.0)  # = 1 - cos(pi k / 2), no cancellation
+
+
+class CosineGridFineAtNoise(AbstractTimeGrid):
+    r"""MD4's cosine grid, $t_k = \sin(\tfrac{\pi}{2}\,k/T)$: small steps near the noise ($t = 1$).
+
+    What MD4's `sampling_grid="cosine"` (the default of every MD4 config) uses
+    (`md4/models/diffusion/md4.py`, `get_sampling_grid`: $t = \cos(\tfrac\pi2(1 - k/T))$).
+    """
+
+    def __call__(self, num_steps: int) -> Float[Array, " M"]:
+        """MD4's cosine grid."""
+        k = jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
+        return jnp.sin(0.5 * jnp.pi * k).at[0].set(0.0).at[-1].set(1.0)
 
 
 class ExplicitGrid(AbstractTimeGrid):
@@ -63,31 +70,38 @@ class ExplicitGrid(AbstractTimeGrid):
 
     times: tuple[float, ...] = eqx.field(static=True)
 
-    def __init__(self, times):
-        times = tuple(float(t) for t in np.asarray(times, np.float64).ravel())
-        if len(times) < 2 or times[0] != 0.0 or times[-1] != 1.0 or np.any(np.diff(times) <= 0):
-            raise ValueError(f"`times` must increase strictly from 0 to 1 (T + 1 values); got {times}.")
-        self.times = times
+    def __init__(self, times: Sequence[float] | Float[ArrayLike, " M"]):
+        values = np.asarray(times, np.float64).ravel()
+        if (
+            values.shape[0] < 2
+            or values[0] != 0.0
+            or values[-1] != 1.0
+            or not np.all(np.diff(values) > 0)
+            or not np.all(np.isfinite(values))
+        ):
+            raise ValueError(f"`times` must increase strictly from 0 to 1 (T + 1 values); got {values}.")
+        self.times = tuple(float(t) for t in values)
 
-    def __call__(self, num_steps):
+    def __call__(self, num_steps: int) -> Float[Array, " M"]:
         """The given grid."""
         if num_steps != len(self.times) - 1:
             raise ValueError(f"`num_steps` must be {len(self.times) - 1} for this ExplicitGrid; got {num_steps}.")
         return jnp.asarray(self.times, jnp.float32)
 
 
-def _check_common(shape, num_steps, top_p, dtype) -> tuple[int, ...]:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive integer; got {num_steps!r}.")
-    if not isinstance(shape, tuple) or len(shape) < 2 or not all(isinstance(d, (int, np.integer)) for d in shape):
-        raise ValueError(f"`shape` must be a tuple (batch, *example_shape) of ints; got {shape!r}.")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"`top_p` must be None or a float in (0, 1]; got {top_p!r}.")
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
-        raise ValueError(f"`dtype` must be float32 or float64; got {dtype}.")
-    if jnp.dtype(dtype) == jnp.dtype(jnp.float64) and not jax.config.read("jax_enable_x64"):
-        raise ValueError("`dtype=float64` needs `jax.config.update('jax_enable_x64', True)` in your entry point.")
-    return tuple(int(d) for d in shape)
+def grid_times(grid: AbstractTimeGrid, num_steps: int) -> Array:
+    """The grid's times, checked: strictly increasing from 0 to 1 (when their values are known)."""
+    if not isinstance(grid, AbstractTimeGrid):
+        raise TypeError(f"`grid` must be a vd.masked.AbstractTimeGrid such as UniformGrid(); got {grid!r}.")
+    times = grid(num_steps)
+    values = concrete(times)
+    if values is not None and not (
+        values.shape == (num_steps + 1,) and values[0] == 0 and values[-1] == 1 and np.all(np.diff(values) > 0)
+    ):
+        raise ValueError(
+            f"{type(grid).__name__} must give {num_steps + 1} times increasing strictly from 0 to 1; got {values}."
+        )
+    return times
 
 
 def top_p_filter(logp: Float[Array, "*shape V"], top_p: float) -> Float[Array, "*shape V"]:
@@ -104,132 +118,108 @@ def top_p_filter(logp: Float[Array, "*shape V"], top_p: float) -> Float[Array, "
     return jax.nn.log_softmax(jnp.where(keep, logp, -jnp.inf), axis=-1)
 
 
-def _log_probs(logits: Array, top_p: float | None, dtype) -> Array:
+def check_top_p(top_p, owner: str) -> None:
+    """`top_p` must be None or in (0, 1]."""
+    if top_p is not None and not (isinstance(top_p, (int, float)) and not isinstance(top_p, bool) and 0 < top_p <= 1):
+        raise ValueError(f"`top_p` of {owner} must be None or a float in (0, 1]; got {top_p!r}.")
+
+
+def log_probs(logits: Array, top_p: float | None, dtype) -> Array:
+    """Log-softmax in `dtype`, nucleus-filtered when `top_p` is set."""
     logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
     return logp if top_p is None else top_p_filter(logp, top_p)
 
 
-def _batched(denoiser: Callable, z: Array, lam: Array) -> Array:
-    return jax.vmap(denoiser, in_axes=(0, None))(z, lam)
+def reveal(z: Array, frozen: Array, logp: Array, r: Array, key: PRNGKeyArray, mask_id: int) -> Array:
+    r"""MD4's step on the masked, non-frozen tokens: each is revealed with probability `r`, its value
+    drawn from `exp(logp)`; one Gumbel-max draw over the $V$ tokens and "stay masked"."""
+    dtype = logp.dtype
+    r = jnp.broadcast_to(jnp.asarray(r, dtype), logp.shape[:-1])
+    cat = jnp.concatenate([jnp.log(r)[..., None] + logp, jnp.log1p(-r)[..., None]], -1)
+    draw = jnp.argmax(cat + jr.gumbel(key, cat.shape, dtype), axis=-1).astype(jnp.int32)
+    new = jnp.where(draw == logp.shape[-1], mask_id, draw)
+    return jnp.where((z == mask_id) & ~frozen, new, z)
 
 
-def ancestral(
-    denoiser: Callable,
-    shape: tuple[int, ...],
-    *,
-    key: PRNGKeyArray,
-    schedule: AbstractMaskingSchedule,
-    num_steps: int,
-    mask_id: int,
-    grid: AbstractTimeGrid = UniformGrid(),
-    top_p: float | None = None,
-    cache: bool = False,
-    dtype=jnp.float32,
-) -> tuple[Int[Array, " batch *shape"], Int[Array, ""]]:
-    r"""MD4 ancestral sampling from all-masked $z_1$ down to $t = 0$ on a time grid.
+def check_dtype(dtype) -> jnp.dtype:
+    """float32, or float64 when x64 is on."""
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+        raise ValueError(f"`dtype` must be float32 or float64; got {dtype}.")
+    if jnp.dtype(dtype) == jnp.dtype(jnp.float64) and not jax.config.read("jax_enable_x64"):
+        raise ValueError("`dtype=float64` needs `jax.config.update('jax_enable_x64', True)` in your entry point.")
+    return jnp.dtype(dtype)
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """`(batch, *example_shape)` of positive ints."""
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) < 2
+        or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape)
+    ):
+        raise ValueError(f"`shape` must be a tuple (batch, *example_shape) of positive ints; got {shape!r}.")
+    return tuple(int(d) for d in shape)
+
+
+def check_vocab(denoiser, example_shape: tuple[int, ...], mask_id) -> tuple[int, int]:
+    """`mask_id` must lie outside the denoiser's token ids $[0, V)$; returns `(V, mask_id)`."""
+    mask_id = check_mask_id(mask_id)
+    vocab = infer_vocab_size(denoiser, jnp.full(example_shape, mask_id, jnp.int32))
+    if mask_id < vocab:
+        raise ValueError(
+            f"`mask_id`={mask_id} is one of the denoiser's {vocab} token ids [0, {vocab}); the mask token must lie "
+            f"outside them, or it would be drawn as a token (usually mask_id={vocab})."
+        )
+    return vocab, mask_id
+
+
+def check_steps(num_steps, owner: str) -> int:
+    """A positive Python int of steps."""
+    return check_positive_int(num_steps, "num_steps", f" for {owner}")
+
+
+class Condition(eqx.Module):
+    r"""Tokens to condition on (infilling, prefix): the samples keep `tokens` wherever `given` is True.
+
+    Exact for the absorbing process: the given tokens are revealed from the start and never change,
+    and the denoiser's posterior over the other tokens conditions on them (THEORY §14). Both arrays are
+    shaped like the samples `(batch, *example)` or like one example `(*example)` (the same for all).
 
     Args:
-        denoiser: `(z, lam) -> logits (*example_shape, V)` on one example.
-        shape: `(batch, *example_shape)`.
-        key: PRNG key (step $k$ uses `fold_in(key, k)`, so cached and uncached runs share draws).
-        schedule: the masking schedule ($\alpha_t$ sets how many tokens are revealed per step).
-        num_steps: $T$, the number of steps.
-        mask_id: the mask token's id.
-        grid: `UniformGrid()` or `CosineGrid()`.
-        top_p: optional nucleus sampling threshold in $(0, 1]$.
-        cache: MDLM's trick: when no token changed since the last network call, reuse its logits
-            (skips the network). Exact only for denoisers that ignore $\lambda$ (the absorbing process's
-            true posterior does; time-conditioned networks get the previous step's $\lambda$).
-        dtype: float32 (default) or float64 for the Gumbel-max draws.
-
-    Returns:
-        `(samples, nfe)`: int32 tokens of `shape`, and the number of batched network calls.
+        tokens: token ids in $[0, V)$ at the given positions (any value elsewhere).
+        given: boolean mask of the given positions, shaped like `tokens`.
     """
-    mask_id = check_mask_id(mask_id)
-    shape = _check_common(shape, num_steps, top_p, dtype)
-    times = grid(num_steps)
-    alphas = schedule.alpha(times).at[0].set(1.0)  # reveal everything at the last step
-    lams = schedule.lam(times)
-    z0 = jnp.full(shape, mask_id, jnp.int32)
-    logits0 = jax.eval_shape(denoiser, z0[0], lams[-1])
-    vocab = logits0.shape[-1]
-    cached0 = jnp.zeros(shape + (vocab,), logits0.dtype)
 
-    def step(carry, k):
-        z, cached, fresh, nfe = carry
-        t_idx = num_steps - k
-        a_t, a_s, lam_t = alphas[t_idx], alphas[t_idx - 1], lams[t_idx]
+    tokens: Int[Array, "..."]
+    given: Shaped[Array, "..."]
 
-        def compute(_):
-            return _batched(denoiser, z, lam_t), nfe + 1
+    def __init__(self, tokens: Int[ArrayLike, "..."], given: Shaped[ArrayLike, "..."]):
+        tokens, given = jnp.asarray(tokens), jnp.asarray(given)
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise TypeError(f"`tokens` of Condition must hold integer ids; got dtype {tokens.dtype}.")
+        if given.dtype != jnp.bool_:
+            raise TypeError(f"`given` of Condition must be a boolean mask; got dtype {given.dtype}.")
+        if tokens.shape != given.shape:
+            raise ValueError(
+                f"`given` of Condition must have the shape of `tokens`, {tokens.shape}; got {given.shape}."
+            )
+        self.tokens = tokens.astype(jnp.int32)
+        self.given = given
 
-        if cache:
-            logits, nfe = lax.cond(fresh, lambda _: (cached, nfe), compute, None)
-        else:
-            logits, nfe = compute(None)
-        logp = _log_probs(logits, top_p, dtype)
-        r = jnp.clip((a_s - a_t) / (1.0 - a_t), 0.0, 1.0).astype(dtype)
-        # categories: the V tokens (revealed) and "stay masked"
-        cat = jnp.concatenate([jnp.log(r) + logp, jnp.broadcast_to(jnp.log1p(-r), logp.shape[:-1])[..., None]], -1)
-        g = jr.gumbel(jr.fold_in(key, k), cat.shape, dtype)
-        draw = jnp.argmax(cat + g, axis=-1).astype(jnp.int32)
-        new = jnp.where(draw == vocab, mask_id, draw)
-        z_new = jnp.where(z == mask_id, new, z)
-        unchanged = jnp.all(z_new == z)
-        return (z_new, logits, unchanged, nfe), None
-
-    init = (z0, cached0, jnp.asarray(False), jnp.asarray(0, jnp.int32))
-    (z, _, _, nfe), _ = lax.scan(step, init, jnp.arange(num_steps))
-    return z, nfe
-
-
-def any_order_autoregressive(
-    denoiser: Callable,
-    shape: tuple[int, ...],
-    *,
-    key: PRNGKeyArray,
-    mask_id: int,
-    return_order: bool = False,
-    dtype=jnp.float32,
-) -> tuple[Int[Array, " batch *shape"], Int[Array, ""]] | tuple[Int[Array, " batch *shape"], Int[Array, ""], Array]:
-    r"""Any-order autoregressive sampling: reveal ONE uniformly chosen masked token per step.
-
-    With the exact conditionals this samples the data distribution exactly (the any-order AR view of
-    masked diffusion), whatever the order. The network sees $\lambda = \log((k + \tfrac12)/(N - k - \tfrac12))$
-    at step $k$ of $N$ (the fraction of revealed tokens as $\alpha$). Useful for debugging a denoiser.
-
-    Args:
-        denoiser: `(z, lam) -> logits (*example_shape, V)` on one example.
-        shape: `(batch, *example_shape)`.
-        key: PRNG key.
-        mask_id: the mask token's id.
-        return_order: also return the flat position revealed at each step, shape `(batch, N)`.
-        dtype: float32 or float64 for the Gumbel-max draws.
-
-    Returns:
-        `(samples, nfe)` with `nfe` $= N$ (and the order when asked).
-    """
-    mask_id = check_mask_id(mask_id)
-    shape = _check_common(shape, 1, None, dtype)
-    batch, ex = shape[0], shape[1:]
-    n = math.prod(ex)
-
-    def step(z, k):
-        kp, kv = jr.split(jr.fold_in(key, k))
-        kf = k.astype(jnp.float32)
-        lam = jnp.log(kf + 0.5) - jnp.log(n - kf - 0.5)
-        logits = _batched(denoiser, z, lam)
-        logp = jax.nn.log_softmax(logits.astype(dtype), axis=-1).reshape(batch, n, -1)
-        flat = z.reshape(batch, n)
-        pos_score = jnp.where(flat == mask_id, jr.gumbel(kp, (batch, n), dtype), -jnp.inf)
-        pos = jnp.argmax(pos_score, axis=-1)
-        lp = jnp.take_along_axis(logp, pos[:, None, None], axis=1)[:, 0]
-        val = jnp.argmax(lp + jr.gumbel(kv, lp.shape, dtype), axis=-1).astype(jnp.int32)
-        flat = flat.at[jnp.arange(batch), pos].set(val)
-        return flat.reshape(shape), pos.astype(jnp.int32)
-
-    z, order = lax.scan(step, jnp.full(shape, mask_id, jnp.int32), jnp.arange(n))
-    nfe = jnp.asarray(n, jnp.int32)
-    if return_order:
-        return z, nfe, order.T
-    return z, nfe
+    def start(self, shape: tuple[int, ...], mask_id: int, vocab: int) -> tuple[Array, Array]:
+        """The starting tokens (given ones, else `mask_id`) and the given mask, both shaped `shape`."""
+        if self.given.shape not in (shape, shape[1:]):
+            raise ValueError(
+                f"The conditioning mask has shape {self.given.shape}, which differs from the samples' shape {shape} "
+                f"and from one example's {shape[1:]}; pass `tokens` and `given` shaped like either."
+            )
+        given = jnp.broadcast_to(self.given, shape)
+        tokens = jnp.broadcast_to(self.tokens, shape)
+        bad = given & ((tokens < 0) | (tokens >= vocab))
+        values = concrete(bad)
+        if values is not None and np.any(values):
+            raise ValueError(f"Condition `tokens` at given positions must be token ids in [0, {vocab}).")
+        if values is None:
+            msg = f"Condition `tokens` at given positions must be token ids in [0, {vocab})."
+            tokens = eqx.error_if(tokens, jnp.any(bad), msg)
+        return jnp.where(given, tokens, mask_id), given

@@ -1,23 +1,46 @@
 """Shared pieces of the samplers: argument checks, batching, classifier-free guidance."""
 
-import math
+import abc
 import warnings
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .._misc import check_positive_int
+from .._misc import concrete
 from .._types import Array, Float, FloatScalarLike
 
 
-class Guided(eqx.Module):
+class AbstractCountedDenoiser(eqx.Module):
+    """A denoiser wrapper that declares how many network calls one evaluation makes.
+
+    Samplers multiply their step count by `calls_per_eval(denoiser)`, which reads this property; any
+    other callable counts as one call. Subclass it for wrappers that call a network more than once
+    (guidance, ensembles).
+    """
+
+    @property
+    @abc.abstractmethod
+    def calls_per_eval(self) -> int:
+        """Network calls per evaluation of this denoiser."""
+
+
+def calls_per_eval(denoiser: Callable) -> int:
+    """Network calls one evaluation of `denoiser` makes: its `calls_per_eval` if it is an
+    `AbstractCountedDenoiser`, else 1."""
+    if isinstance(denoiser, AbstractCountedDenoiser):
+        return int(denoiser.calls_per_eval)
+    return 1
+
+
+class Guided(AbstractCountedDenoiser):
     r"""Classifier-free guidance: $\hat\epsilon_\varnothing + w(\hat\epsilon_c - \hat\epsilon_\varnothing)$.
 
     Scale $w = 0$ is the unconditional model, $w = 1$ the conditional one, $w > 1$ guides. Each
     evaluation calls the wrapped denoiser twice (conditional and unconditional), and samplers count
-    both calls in their NFE.
+    both calls.
 
     Args:
         denoiser: `(z, lam, *, label) -> eps_hat` on one example.
@@ -52,14 +75,10 @@ class Guided(eqx.Module):
 def guided(denoiser: Callable, label, null_label, scale: FloatScalarLike) -> Guided:
     """Wrap a conditional denoiser `(z, lam, *, label)` for classifier-free guidance (see `Guided`).
 
-    The result is a plain `(z, lam) -> eps_hat` denoiser, usable by every sampler and by `log_likelihood`.
+    The result is a plain `(z, lam) -> eps_hat` denoiser, usable by every sampler and by `log_likelihood`;
+    samplers count two network calls per evaluation.
     """
     return Guided(denoiser, label, null_label, scale)
-
-
-def calls_per_eval(denoiser: Callable) -> int:
-    """How many calls of the user's network one evaluation of `denoiser` makes (2 for `Guided`)."""
-    return denoiser.calls_per_eval if isinstance(denoiser, Guided) else 1
 
 
 def check_shape(shape) -> tuple[int, ...]:
@@ -74,11 +93,6 @@ def check_shape(shape) -> tuple[int, ...]:
             "The denoiser works on one example of shape `shape[1:]`."
         )
     return shape
-
-
-def check_steps(num_steps, name: str = "num_steps") -> int:
-    """A positive Python integer number of steps."""
-    return check_positive_int(num_steps, name)
 
 
 def check_trained_range(lam_lo: float, lam_hi: float, trained_range, what: str) -> None:
@@ -112,44 +126,25 @@ def check_denoiser(denoiser: Callable, data_shape: tuple[int, ...], dtype) -> No
         )
 
 
-def prepare(
-    denoiser: Callable,
-    shape: tuple[int, ...],
-    dtype,
-    label=None,
-    null_label=None,
-    guidance_scale: FloatScalarLike | None = None,
-) -> tuple[Callable, int]:
-    """Return a batched `(zs, lam) -> eps_hats` and the network calls per evaluation.
+def batched(denoiser: Callable, shape: tuple[int, ...], dtype) -> tuple[Callable, int]:
+    """Check `denoiser`; return the batched `(zs, lam) -> eps_hats` and the network calls per evaluation."""
+    check_denoiser(denoiser, shape[1:], dtype)
+    return jax.vmap(denoiser, in_axes=(0, None)), calls_per_eval(denoiser)
 
-    With `label` (a scalar, or one label per sample with leading axis `num_samples`), the denoiser
-    is guided (`Guided`); `guidance_scale` defaults to 1 (the conditional model).
-    """
-    n = shape[0]
-    if label is None:
-        if null_label is not None or guidance_scale is not None:
-            raise ValueError("`null_label`/`guidance_scale` need a `label`; pass `label=` (or wrap with `guided`).")
-        check_denoiser(denoiser, shape[1:], dtype)
-        return jax.vmap(denoiser, in_axes=(0, None)), calls_per_eval(denoiser)
-    if null_label is None:
-        raise ValueError("Classifier-free guidance needs `null_label` (the label the model saw when unconditioned).")
-    scale = 1.0 if guidance_scale is None else guidance_scale
-    label = jnp.asarray(label)
-    per_sample = label.ndim > 0
-    if per_sample and label.shape[0] != n:
-        raise ValueError(
-            f"`label` must be a scalar or have one entry per sample (leading axis {n} = shape[0]); "
-            f"got shape {label.shape}."
-        )
-    one = Guided(denoiser, label[0] if per_sample else label, null_label, scale)
-    check_denoiser(one, shape[1:], dtype)
 
-    def batched(zs, lam):
-        if per_sample:
-            return jax.vmap(lambda z, lab: Guided(denoiser, lab, null_label, scale)(z, lam))(zs, label)
-        return jax.vmap(one, in_axes=(0, None))(zs, lam)
-
-    return batched, one.calls_per_eval
+def check_z_init(z_init, shape: tuple[int, ...]) -> Array:
+    """A floating start `(num_samples, *data)` of the given shape, finite where its values are known."""
+    z = jnp.asarray(z_init)
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        raise TypeError(f"`z_init` must be a float array (the N(0, I) start); got dtype {z.dtype}.")
+    if tuple(z.shape) != shape:
+        raise ValueError(f"`z_init` must have the samples' shape {shape}; got {tuple(z.shape)}.")
+    values = concrete(z)
+    if values is not None:
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"`z_init` must be finite; it holds {int(np.sum(~np.isfinite(values)))} NaN/inf value(s).")
+        return z
+    return eqx.error_if(z, ~jnp.all(jnp.isfinite(z)), "`z_init` must be finite; it holds NaN/inf values.")
 
 
 def float_dtype(dtype) -> jnp.dtype:
@@ -158,8 +153,3 @@ def float_dtype(dtype) -> jnp.dtype:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`dtype` must be a floating dtype; got {dtype}.")
     return dtype
-
-
-def num_data(shape: tuple[int, ...]) -> int:
-    """Number of dimensions of one example."""
-    return math.prod(shape[1:])

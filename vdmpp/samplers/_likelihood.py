@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._types import Array, Float, FloatScalarLike, PRNGKeyArray, Shaped
+from .._misc import check_positive_int
+from .._types import Array, Float, PRNGKeyArray, Shaped
 from ..process import vp_alpha_sigma
 from ..schedules import AbstractSchedule
-from ._common import check_steps, float_dtype, prepare
+from ._common import check_denoiser, float_dtype
 from ._nfe import check_solver, evals_per_solve
 
 
@@ -64,9 +65,6 @@ def log_likelihood(
     dt0: float | None = None,
     max_steps: int = 8192,
     num_levels: int = 256,
-    label=None,
-    null_label=None,
-    guidance_scale: FloatScalarLike | None = None,
     return_aux: bool = False,
 ) -> Float[Array, " batch"] | tuple[Float[Array, " batch"], LikelihoodAux]:
     r"""Log-likelihood in nats per example by the probability-flow ODE (see the module docstring).
@@ -82,7 +80,6 @@ def log_likelihood(
         solver, stepsize_controller, dt0, max_steps: passed to `diffrax.diffeqsolve` ($t$: 0 to 1,
             so `dt0 > 0`).
         num_levels: $L$ for integer data.
-        label, null_label, guidance_scale: classifier-free guidance (see `guided`).
         return_aux: also return `LikelihoodAux` (standard error, bits/dim, prior term, NFE).
 
     Returns:
@@ -97,7 +94,7 @@ def log_likelihood(
     if dt0 is None and not isinstance(stepsize_controller, dfx.PIDController):
         raise ValueError("`dt0` is required with this `stepsize_controller`.")
     if hutchinson_probes is not None:
-        k_probes = check_steps(hutchinson_probes, "hutchinson_probes")
+        k_probes = check_positive_int(hutchinson_probes, "hutchinson_probes")
         if k_probes < 2:
             raise ValueError(f"`hutchinson_probes` must be >= 2 to estimate a standard error; got {k_probes}.")
     shape = x.shape
@@ -105,16 +102,13 @@ def log_likelihood(
     qkey, pkey = jr.split(key)
     offset = 0.0
     if jnp.issubdtype(x.dtype, jnp.integer):
-        num_levels = check_steps(num_levels, "num_levels")
+        num_levels = check_positive_int(num_levels, "num_levels")
         u = jr.uniform(qkey, shape, jnp.float32)
         x = 2.0 * (x.astype(jnp.float32) + u) / num_levels - 1.0
         offset = dims * math.log(2.0 / num_levels)
     dtype = float_dtype(x.dtype)
-    eps_fn, calls = prepare(denoiser, shape, dtype, label, null_label, guidance_scale)
-    del calls  # nfe below counts vector-field evaluations
-
-    def eps_one(z, lam):
-        return eps_fn(z[None], lam)[0]
+    check_denoiser(denoiser, shape[1:], dtype)
+    eps_one = denoiser  # one example; nfe below counts vector-field evaluations
 
     if hutchinson_probes is None:
 
