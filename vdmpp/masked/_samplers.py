@@ -18,7 +18,7 @@ import jax.random as jr
 import numpy as np
 from jax import lax
 
-from .._misc import check_finite, check_positive_int, concrete
+from .._misc import check_finite, check_instance, check_positive_int, concrete
 from .._types import Array, Int, PRNGKeyArray
 from ..samplers import calls_per_eval
 from ._sampling import (
@@ -102,12 +102,8 @@ def sample(
         ValueError: a bad `shape`, `num_steps`, `dtype`, `mask_id` (negative, or one of the denoiser's token
             ids), or `condition` (shape unlike the samples', given ids outside $[0, V)$).
     """
-    if not isinstance(sampler, AbstractMaskedSampler):
-        raise TypeError(
-            f"`sampler` must be a vd.masked.AbstractMaskedSampler such as vd.masked.Ancestral(); got {sampler!r}."
-        )
-    if not isinstance(schedule, AbstractMaskingSchedule):
-        raise TypeError(f"`schedule` must be a vd.masked masking schedule such as LinearSchedule(); got {schedule!r}.")
+    check_instance(sampler, AbstractMaskedSampler, "sampler", "vd.masked.Ancestral()")
+    check_instance(schedule, AbstractMaskingSchedule, "schedule", "vd.masked.LinearSchedule()")
     shape = check_shape(shape)
     dtype = check_dtype(dtype)
     vocab, mask_id = check_vocab(denoiser, shape[1:], mask_id)

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._misc import check_positive_int
+from .._misc import check_instance, check_positive_int
 from .._types import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 from ..schedules import AbstractSchedule
 from ._common import batched, check_shape, check_z_init
@@ -73,13 +73,8 @@ def sample(
         ValueError: a bad `shape`, `num_steps` (also: fewer than a multistep solver's order), `z_init`
             (shape, non-finite) or grid (not strictly increasing), or a denoiser of the wrong output shape.
     """
-    if not isinstance(sampler, AbstractSampler):
-        raise TypeError(
-            "`sampler` must be a vd.samplers.AbstractSampler such as vd.samplers.DPMSolverPP(order=2); "
-            f"got {sampler!r}."
-        )
-    if not isinstance(schedule, AbstractSchedule):
-        raise TypeError(f"`schedule` must be a vd.schedules schedule, e.g. Cosine(-15.0, 15.0); got {schedule!r}.")
+    check_instance(sampler, AbstractSampler, "sampler", "vd.samplers.DPMSolverPP(order=2)")
+    check_instance(schedule, AbstractSchedule, "schedule", "vd.schedules.Cosine(-15.0, 15.0)")
     shape = check_shape(shape)
     num_steps = check_positive_int(num_steps, "num_steps")
     evals = sampler.num_evals(num_steps)
