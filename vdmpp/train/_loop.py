@@ -20,6 +20,7 @@ from ._checkpoint import Checkpointer
 from ._metrics import atomic_write_bytes, atomic_write_json, image_grid, MetricsLogger, save_figure, save_png
 from ._objective import AbstractLoss
 from ._sharding import make_mesh, replicate_to_host, Sharding
+from ._snapshots import check_posthoc_settings, posthoc_of, write_state_snapshot
 from ._step import init_train_state, make_train_step, TrainState
 
 
@@ -47,6 +48,10 @@ class LoopConfig:
         eval_repeats: Monte Carlo samples of the bound per test example (averaged).
         tensorboard: write TensorBoard events.
         progress: show a tqdm bar.
+        posthoc_sigma_rels: relative widths of the power-function EMAs to track for post-hoc EMA
+            (`PostHocEMA`; THEORY §13); empty: none.
+        snapshot_every: with post-hoc EMA, write its EMAs to `WORKDIR/ema_snapshots/` every this many steps
+            (and at the end); the folder is never pruned.
     """
 
     steps: int
@@ -64,12 +69,15 @@ class LoopConfig:
     eval_repeats: int = 4
     tensorboard: bool = True
     progress: bool = True
+    posthoc_sigma_rels: tuple[float, ...] = ()
+    snapshot_every: int = 500
 
     def __post_init__(self):
         for name in ("steps", "checkpoint_every", "log_every", "max_consecutive_skips", "max_to_keep", "accum_steps"):
             check_positive_int(getattr(self, name), name)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1); got {self.ema_decay}.")
+        check_posthoc_settings(self.posthoc_sigma_rels, self.snapshot_every)
 
 
 @eqx.filter_jit
@@ -204,9 +212,10 @@ def fit(
         )
     json.dumps(config)
     ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, free_keys=("run",))
-    state = init_train_state(model, optimizer, loss, key=key)
+    posthoc = posthoc_of(loop.posthoc_sigma_rels)
+    state = init_train_state(model, optimizer, loss, key=key, posthoc=posthoc)
     train_step = make_train_step(
-        loss, optimizer, ema_decay=loop.ema_decay, accum_steps=loop.accum_steps, sharding=sharding
+        loss, optimizer, ema_decay=loop.ema_decay, accum_steps=loop.accum_steps, sharding=sharding, posthoc=posthoc
     )
     state = sharding.shard_state(state)
     iterator = iter(dataset)
@@ -269,6 +278,8 @@ def fit(
             if sample_shape is not None and loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
                 path = workdir / f"samples_{step:06d}.png"
                 _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
+            if posthoc is not None and (step % loop.snapshot_every == 0 or step == loop.steps):
+                write_state_snapshot(workdir, step, state, posthoc)  # before the checkpoint: a resume replays it
             if step % loop.checkpoint_every == 0 or step == loop.steps:
                 ckpt.save(step, state, data_state=iterator.get_state(), config=config)  # type: ignore[attr-defined]
         bar.close()
@@ -304,9 +315,9 @@ def fit(
 
 
 def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop: LoopConfig, sharding) -> float:
-    data = np.asarray(data)
-    if loop.eval_examples:
+    if loop.eval_examples:  # slice first: a lazily read RecordArray then reads only these records
         data = data[: loop.eval_examples]
+    data = np.asarray(data)
     return evaluate_bpd(
         state.ema_model(),
         loss,

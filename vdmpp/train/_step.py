@@ -20,6 +20,7 @@ import optax
 from .._misc import check_instance, check_positive_int
 from .._types import Array, Int, PRNGKeyArray
 from ._objective import AbstractLoss, Batch
+from ._posthoc import PostHocEMA
 from ._sharding import Sharding
 
 
@@ -56,6 +57,8 @@ class TrainState(eqx.Module):
         key: the run's base key; the step's key is derived from it and the counters.
         skips: consecutive steps rejected by the NaN guard (reset by an applied step).
         total_skips: all steps rejected by the NaN guard.
+        phema: the post-hoc power-function EMAs of the trainable leaves, one per profile of the step's
+            `PostHocEMA` (empty without post-hoc EMA).
     """
 
     params: Any
@@ -67,6 +70,7 @@ class TrainState(eqx.Module):
     skips: Int[Array, ""]
     total_skips: Int[Array, ""]
     skeleton: _Skeleton = eqx.field(static=True)
+    phema: tuple[Any, ...] = ()  # last, with a default: a state without post-hoc EMA has the old leaf order
 
     @property
     def model(self) -> Any:
@@ -77,11 +81,23 @@ class TrainState(eqx.Module):
         """The network with its trainable leaves replaced by their EMA (for evaluation and sampling)."""
         return eqx.combine(self.ema, self.params, self.skeleton.tree, is_leaf=lambda x: x is None)
 
+    def phema_model(self, index: int) -> Any:
+        """The network with its trainable leaves replaced by post-hoc EMA number `index` (see `PostHocEMA`)."""
+        return eqx.combine(self.phema[index], self.params, self.skeleton.tree, is_leaf=lambda x: x is None)
+
 
 def init_train_state(
-    model: Any, optimizer: optax.GradientTransformation, loss: AbstractLoss, *, key: PRNGKeyArray
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    loss: AbstractLoss,
+    *,
+    key: PRNGKeyArray,
+    posthoc: PostHocEMA | None = None,
 ) -> TrainState:
-    """Build the initial `TrainState`: optimiser state, EMA = parameters, schedule state, counters at 0."""
+    """Build the initial `TrainState`: optimiser state, EMA = parameters, schedule state, counters at 0.
+
+    With `posthoc` (a `PostHocEMA`), the state also holds one power-function EMA per profile (`phema`).
+    """
     check_instance(loss, AbstractLoss, "loss", "vd.train.GaussianLoss(...)")
     params, skeleton = eqx.partition(model, eqx.is_array)
     trainable = eqx.filter(params, eqx.is_inexact_array)
@@ -101,6 +117,7 @@ def init_train_state(
         skips=jnp.zeros((), jnp.int32),
         total_skips=jnp.zeros((), jnp.int32),
         skeleton=_Skeleton(skeleton),
+        phema=() if posthoc is None else posthoc.init(trainable),
     )
 
 
@@ -140,6 +157,7 @@ def _step(
     ema_decay: float,
     accum_steps: int,
     sharding: Sharding | None,
+    posthoc: PostHocEMA | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     n = jtu.tree_leaves(batch)[0].shape[0]
     if n % accum_steps:
@@ -163,6 +181,9 @@ def _step(
         # The EMA reads the (guarded) new parameters, not `p + u`: then the update `u` has one consumer and is
         # computed inside the parameters' fused loop instead of being written out as a separate array.
         ema = jtu.tree_map(lambda e, p: keep_if_bad(ema_decay * e + (1.0 - ema_decay) * p, e), state.ema, new_trainable)
+        phema = state.phema
+        if posthoc is not None:  # power-function EMAs, beta from the step count this update would reach
+            phema = jtu.tree_map(keep_if_bad, posthoc.update(state.phema, new_trainable, state.step + one), phema)
         opt_state = jtu.tree_map(keep_if_bad, new_opt_state, state.opt_state)
         sched_state = jtu.tree_map(keep_if_bad, loss.update_schedule(state.sched_state, aux), state.sched_state)
         bad = (~finite).astype(jnp.int32)
@@ -176,6 +197,7 @@ def _step(
             skips=(state.skips + one) * bad,
             total_skips=state.total_skips + bad,
             skeleton=state.skeleton,
+            phema=phema,
         )
     if sharding is not None:
         new_state = sharding.constrain(new_state)
@@ -207,13 +229,16 @@ class TrainStep:
         ema_decay: float,
         accum_steps: int = 1,
         sharding: Sharding | None = None,
+        posthoc: PostHocEMA | None = None,
     ):
         check_instance(loss, AbstractLoss, "loss", "vd.train.GaussianLoss(...)")
         check_positive_int(accum_steps, "accum_steps")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1); got {ema_decay}.")
+        if posthoc is not None:
+            check_instance(posthoc, PostHocEMA, "posthoc", "vd.train.PostHocEMA((0.05, 0.1))")
         self.loss, self.optimizer, self.ema_decay = loss, optimizer, float(ema_decay)
-        self.accum_steps, self.sharding = accum_steps, sharding
+        self.accum_steps, self.sharding, self.posthoc = accum_steps, sharding, posthoc
 
         def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
             return _step(
@@ -224,6 +249,7 @@ class TrainStep:
                 ema_decay=self.ema_decay,
                 accum_steps=accum_steps,
                 sharding=sharding,
+                posthoc=posthoc,
             )
 
         self._jit = jax.jit(step, donate_argnums=0)
@@ -244,6 +270,7 @@ def make_train_step(
     ema_decay: float,
     accum_steps: int = 1,
     sharding: Sharding | None = None,
+    posthoc: PostHocEMA | None = None,
 ) -> TrainStep:
     """Build the jitted training step (see `TrainStep`).
 
@@ -253,5 +280,7 @@ def make_train_step(
         ema_decay: EMA decay in $[0, 1)$.
         accum_steps: split each batch into this many micro-batches and average their gradients.
         sharding: a `vdmpp.train.Sharding`; the output state is constrained to its layout.
+        posthoc: update the state's power-function EMAs (`PostHocEMA`; the state must come from
+            `init_train_state(..., posthoc=)` with the same profiles).
     """
-    return TrainStep(loss, optimizer, ema_decay=ema_decay, accum_steps=accum_steps, sharding=sharding)
+    return TrainStep(loss, optimizer, ema_decay=ema_decay, accum_steps=accum_steps, sharding=sharding, posthoc=posthoc)
