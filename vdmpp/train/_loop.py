@@ -96,7 +96,8 @@ def evaluate_bpd(
     repeats: int = 1,
     sharding: Sharding | None = None,
 ) -> float:
-    """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array) and `repeats` draws, in fixed-size batches."""
+    """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array) and `repeats` draws, in fixed-size batches,
+    at `jax.default_matmul_precision("highest")` (THEORY §15)."""
     data = np.asarray(data)
     n = data.shape[0]
     if n == 0:
@@ -114,7 +115,8 @@ def evaluate_bpd(
         full = np.resize(data, (b,) + data.shape[1:])
         full[slots] = chunk
         x = jnp.asarray(full) if sharding is None else sharding.replicate(full)
-        bpd = replicate_to_host(_eval_bpd(model, loss, {"x": x}, jr.fold_in(key, i), sched_state))
+        with jax.default_matmul_precision("highest"):  # likelihoods at full float32 matmul precision (THEORY §15)
+            bpd = replicate_to_host(_eval_bpd(model, loss, {"x": x}, jr.fold_in(key, i), sched_state))
         total += float(np.sum(np.asarray(bpd)[slots]))
     return total / (n * repeats)
 

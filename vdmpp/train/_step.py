@@ -124,7 +124,8 @@ def init_train_state(
 def _loss_and_grads(model, batch, key, sched_state, loss: AbstractLoss, accum_steps: int):
     def mean_loss(trainable, rest, mb, k):
         per_example, aux = loss(eqx.combine(trainable, rest), mb, key=k, sched_state=sched_state)
-        return jnp.mean(per_example), aux
+        with jax.named_scope("loss_reduction"):  # float32 (THEORY §15): the per-example losses are float32
+            return jnp.mean(per_example), aux
 
     trainable, rest = eqx.partition(model, eqx.is_inexact_array)
     grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
@@ -185,7 +186,9 @@ def _step(
         if posthoc is not None:  # power-function EMAs, beta from the step count this update would reach
             phema = jtu.tree_map(keep_if_bad, posthoc.update(state.phema, new_trainable, state.step + one), phema)
         opt_state = jtu.tree_map(keep_if_bad, new_opt_state, state.opt_state)
-        sched_state = jtu.tree_map(keep_if_bad, loss.update_schedule(state.sched_state, aux), state.sched_state)
+        with jax.named_scope("schedule_update"):  # the adaptive histogram: float32
+            new_sched = loss.update_schedule(state.sched_state, aux)
+        sched_state = jtu.tree_map(keep_if_bad, new_sched, state.sched_state)
         bad = (~finite).astype(jnp.int32)
         new_state = TrainState(
             params=eqx.combine(new_trainable, rest),
