@@ -2,9 +2,12 @@
 
     python experiments/train_gaussian.py --workdir runs/x --data digits --steps 2000 --seed 0 --checkpoint-every 500
     python experiments/train_gaussian.py --workdir runs/demo --data digits --demo      # what `make demo` runs
+    python experiments/train_gaussian.py --workdir runs/vdm --data 'cifar10/*.array_record' --preset vdm_cifar10 \
+        --precision bfloat16                                                           # VDM's CIFAR-10 U-Net
 
 Writes WORKDIR/summary.json, metrics.jsonl, tb/ (TensorBoard), loss_curve.png, bpd_curve.png,
-p_lambda.png (adaptive schedule), samples.png and checkpoints/. `--resume` continues bit for bit.
+p_lambda.png (adaptive schedule), samples.png, checkpoints/ and ema_snapshots/ (post-hoc EMA, see
+experiments/posthoc_ema.py). `--resume` continues bit for bit.
 """
 
 import dataclasses
@@ -140,6 +143,8 @@ def build_model(cfg: Config, data: vd.data.Dataset, lam_range: tuple[float, floa
     if cfg.model == "unet":
         return vd.nn.UNet(
             shape[-1],
+            precision=_launch.precision_of(cfg),
+            remat=cfg.remat,
             base_channels=cfg.unet_channels,
             channel_mults=cfg.unet_mults,
             num_res_blocks=cfg.unet_res_blocks,
@@ -159,8 +164,14 @@ def build_model(cfg: Config, data: vd.data.Dataset, lam_range: tuple[float, floa
         lam_max=lam_max,
         dropout=cfg.dropout,
         key=key,
+        precision=_launch.precision_of(cfg),
+        remat=cfg.remat,
     )
     return FlatModel(net, shape)
+
+
+# The network flags a --preset replaces (setting one with a preset is an error).
+MODEL_FIELDS = ("model", "width", "depth", "emb_dim", "unet_channels", "unet_mults", "unet_res_blocks")
 
 
 def apply_demo(cfg: Config) -> Config:
@@ -171,10 +182,12 @@ def apply_demo(cfg: Config) -> Config:
 def main(cfg: Config) -> dict:
     """Build everything from `cfg`, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
+    cfg, preset = _launch.apply_model_preset(cfg, "gaussian", MODEL_FIELDS)
     cfg = apply_demo(cfg)
-    data = vd.data.load(cfg.data)
+    data = vd.data.load(cfg.data, **_launch.data_options(preset))
     if data.kind != "image" or data.num_levels is None:
         raise ValueError(f"`--data` must be an integer image data set for train_gaussian.py; got kind {data.kind!r}.")
+    _launch.check_preset_data(cfg, preset, data)
     _launch.check_batch_size(cfg, data.train.shape[0])
     if cfg.lam_max is None:
         cfg = dataclasses.replace(cfg, lam_max=round(2.0 * math.log(data.num_levels) + 0.5, 3))
@@ -182,7 +195,10 @@ def main(cfg: Config) -> dict:
     lam_range = (float(schedule.lam_min), float(schedule.lam_max))
     key = jr.key(cfg.seed)
     mkey, tkey = jr.split(key)
-    model = build_model(cfg, data, lam_range, mkey)
+    if preset is None:
+        model = build_model(cfg, data, lam_range, mkey)
+    else:
+        model = _launch.build_preset_model(cfg, preset, lam_range, mkey)
     sampling = vd.schedules.Cosine(*lam_range) if cfg.sample_schedule == "cosine" else None
     loss = vd.train.GaussianLoss(
         build_weighting(cfg),

@@ -5,7 +5,8 @@
 
 Image data are treated as tokens (one per pixel, V = number of grey levels); text files as characters.
 Writes WORKDIR/summary.json, metrics.jsonl, tb/, loss_curve.png, bpd_curve.png (bits per token),
-samples.png (images) or samples.txt (text) and checkpoints/. `--resume` continues bit for bit.
+samples.png (images) or samples.txt (text), checkpoints/ and ema_snapshots/ (post-hoc EMA). `--resume`
+continues bit for bit. A class-conditional preset (md4_imagenet64) is trained with its null class (unconditional).
 """
 
 import dataclasses
@@ -93,6 +94,10 @@ def tokens_of(data: vd.data.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
     return data.train, data.test, int(data.num_levels)
 
 
+# The network flags a --preset replaces (setting one with a preset is an error).
+MODEL_FIELDS = ("dim", "depth", "num_heads")
+
+
 def apply_demo(cfg: Config) -> Config:
     """Fill in the demo preset for every field the user left at its default."""
     return _launch.with_preset(cfg, DEMO)
@@ -101,26 +106,33 @@ def apply_demo(cfg: Config) -> Config:
 def main(cfg: Config) -> dict:
     """Build everything from `cfg`, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
+    cfg, preset = _launch.apply_model_preset(cfg, "masked", MODEL_FIELDS)
     cfg = apply_demo(cfg)
-    data = vd.data.load(cfg.data)
+    data = vd.data.load(cfg.data, **_launch.data_options(preset))
     train, test, vocab = tokens_of(data)
+    _launch.check_preset_data(cfg, preset, data)
     _launch.check_batch_size(cfg, train.shape[0])
     example_shape = tuple(train.shape[1:])
     schedule = build_schedule(cfg)
     lam_range = lam_range_of(schedule)  # the run's one λ range: model embedding and importance schedule
     key = jr.key(cfg.seed)
     mkey, tkey = jr.split(key)
-    model = vd.nn.Transformer(
-        vocab,
-        seq_len=int(np.prod(example_shape)),
-        dim=cfg.dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        dropout=cfg.dropout,
-        lam_min=lam_range[0],
-        lam_max=lam_range[1],
-        key=mkey,
-    )
+    if preset is None:
+        model = vd.nn.Transformer(
+            vocab,
+            seq_len=int(np.prod(example_shape)),
+            dim=cfg.dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+            lam_min=lam_range[0],
+            lam_max=lam_range[1],
+            key=mkey,
+            precision=_launch.precision_of(cfg),
+            remat=cfg.remat,
+        )
+    else:
+        model = _launch.build_preset_model(cfg, preset, lam_range, mkey)
     loss = vd.train.MaskedLoss(
         schedule, build_weighting(cfg, schedule), mask_id=vocab, importance=build_importance(cfg, lam_range)
     )

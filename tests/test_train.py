@@ -88,6 +88,23 @@ def test_optimizer_bad_input():
         vd.train.make_optimizer(0.0, 1, 10)
     with pytest.raises(ValueError, match="`warmup`"):
         vd.train.make_optimizer(1e-3, -1, 10)
+    with pytest.raises(ValueError, match="`clip_norm`"):
+        vd.train.make_optimizer(1e-3, 1, 10, clip_norm=0.0)
+    with pytest.raises(ValueError, match="`weight_decay`"):
+        vd.train.make_optimizer(1e-3, 1, 10, weight_decay=-0.1)
+
+
+def test_adamw_option_first_step_by_hand():
+    """AdamW without clipping (the presets' optimiser): the first step from zero moments is, by hand,
+    p - lr * (g / (|g| + eps) + wd * p) (bias-corrected moments equal g and g^2)."""
+    lr, wd, eps = 0.01, 0.1, 1e-8
+    opt = vd.train.make_optimizer(lr, 0, 10, vd.train.WarmupConstant(), clip_norm=None, weight_decay=wd, eps=eps)
+    p = np.array([1.0, -2.0, 0.5], np.float32)
+    g = np.array([30.0, -0.5, 0.0], np.float32)
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = opt.update(jnp.asarray(g), opt.init(jnp.asarray(p)), jnp.asarray(p))
+    expected = -lr * (g / (np.abs(g) + eps) + wd * p)
+    assert np.allclose(np.asarray(updates), expected, rtol=2e-5, atol=1e-9)  # float32 bias corrections: ~6e-6
 
 
 class TinyTokenModel(eqx.Module):

@@ -16,6 +16,7 @@ import optax
 from tqdm.auto import tqdm
 
 from .._misc import check_positive_int
+from ..data import RecordArray
 from ._checkpoint import Checkpointer
 from ._metrics import atomic_write_bytes, atomic_write_json, image_grid, MetricsLogger, save_figure, save_png
 from ._objective import AbstractLoss
@@ -88,7 +89,7 @@ def _eval_bpd(model, loss: AbstractLoss, batch, key, sched_state):
 def evaluate_bpd(
     model: Any,
     loss: AbstractLoss,
-    data: np.ndarray,
+    data: np.ndarray | RecordArray,
     *,
     key,
     sched_state,
@@ -169,7 +170,7 @@ def fit(
     config: dict,
     key: Any,
     resume: bool = False,
-    test_data: np.ndarray | None = None,
+    test_data: np.ndarray | RecordArray | None = None,
     num_levels: int | None = None,
     sample_shape: tuple[int, ...] | None = None,
     sample_steps: int = 250,
@@ -190,7 +191,8 @@ def fit(
             except the `"run"` section (settings that do not change the maths) must equal the checkpoint's.
         key: base PRNG key of the run.
         resume: continue from the latest checkpoint in `workdir/checkpoints` (bit for bit).
-        test_data: integer test set for the periodic bits/dim (EMA model); `None` to skip.
+        test_data: integer test set for the periodic bits/dim (EMA model; a lazily read `RecordArray` is read
+            only up to `loop.eval_examples`); `None` to skip.
         num_levels: levels of the data (for the PNG grid).
         sample_shape: `(num_samples, *example)` to draw samples of the EMA model with `loss.sample` (PNG grids of
             images); `None` for no samples.
