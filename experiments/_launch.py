@@ -10,7 +10,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,17 @@ class RunConfig:
     with no value to turn it off."""
     snapshot_every: int = 500
     """Write the post-hoc EMAs to WORKDIR/ema_snapshots/ every this many steps (the folder is never pruned)."""
+
+
+class Run(NamedTuple):
+    """What a training script builds from its config (`build_run`): the config with its presets filled in, the
+    data, the network, the loss and the run's training key."""
+
+    cfg: Any
+    data: vd.data.Dataset
+    model: Any
+    loss: vd.train.AbstractLoss
+    key: Any
 
 
 def with_preset(cfg: Any, preset: dict) -> Any:

@@ -179,9 +179,11 @@ def apply_demo(cfg: Config) -> Config:
     return _launch.with_preset(cfg, DEMO)
 
 
-def main(cfg: Config) -> dict:
-    """Build everything from `cfg`, train, and print where the outputs are."""
-    _launch.init_distributed(cfg)
+def build_run(cfg: Config) -> _launch.Run:
+    """Everything a run trains, from `cfg` (the preset and demo filled in): data, network, loss, training key.
+
+    `experiments/posthoc_ema.py` calls it with a finished run's recorded config to rebuild the network.
+    """
     cfg, preset = _launch.apply_model_preset(cfg, "gaussian", MODEL_FIELDS)
     cfg = apply_demo(cfg)
     data = vd.data.load(cfg.data, **_launch.data_options(preset))
@@ -207,6 +209,13 @@ def main(cfg: Config) -> dict:
         num_levels=data.num_levels,
         sampling_schedule=sampling,
     )
+    return _launch.Run(cfg, data, model, loss, tkey)
+
+
+def main(cfg: Config) -> dict:
+    """Build everything from `cfg`, train, and print where the outputs are."""
+    _launch.init_distributed(cfg)
+    cfg, data, model, loss, tkey = build_run(cfg)
     optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
     levels = data.num_levels
     summary = vd.train.fit(

@@ -103,9 +103,11 @@ def apply_demo(cfg: Config) -> Config:
     return _launch.with_preset(cfg, DEMO)
 
 
-def main(cfg: Config) -> dict:
-    """Build everything from `cfg`, train, and print where the outputs are."""
-    _launch.init_distributed(cfg)
+def build_run(cfg: Config) -> _launch.Run:
+    """Everything a run trains, from `cfg` (the preset and demo filled in): data, network, loss, training key.
+
+    `experiments/posthoc_ema.py` calls it with a finished run's recorded config to rebuild the network.
+    """
     cfg, preset = _launch.apply_model_preset(cfg, "masked", MODEL_FIELDS)
     cfg = apply_demo(cfg)
     data = vd.data.load(cfg.data, **_launch.data_options(preset))
@@ -136,6 +138,15 @@ def main(cfg: Config) -> dict:
     loss = vd.train.MaskedLoss(
         schedule, build_weighting(cfg, schedule), mask_id=vocab, importance=build_importance(cfg, lam_range)
     )
+    return _launch.Run(cfg, data, model, loss, tkey)
+
+
+def main(cfg: Config) -> dict:
+    """Build everything from `cfg`, train, and print where the outputs are."""
+    _launch.init_distributed(cfg)
+    cfg, data, model, loss, tkey = build_run(cfg)
+    train, test, vocab = tokens_of(data)
+    example_shape = tuple(train.shape[1:])
     optimizer, dataset, loop = _launch.training_setup(cfg, train)
     vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 

@@ -55,6 +55,27 @@ def test_tiny_preset_trains_two_steps_through_the_script(script, name, data, tmp
     assert maths["precision"] == "bfloat16" and summary["config"]["run"]["remat"] is True
     snaps = sorted(p.name for p in (tmp_path / "run" / "ema_snapshots").iterdir())
     assert snaps == ["0000000002.npz"]  # post-hoc EMA is on by default: the final step's snapshot
+    if name == "md4_text8_tiny":
+        _sweep_the_finished_run(tmp_path / "run")
+
+
+def _sweep_the_finished_run(workdir: pathlib.Path):
+    """experiments/posthoc_ema.py on the run just trained: JSON + PNG, representable widths evaluated with
+    shared draws (the tracked 0.05 rebuilt exactly), unrepresentable ones skipped, no overwriting."""
+    sweep = _script("posthoc_ema")
+    args = sweep.Args(workdir=str(workdir), sigma_rels=(0.005, 0.05, 0.07), eval_examples=8, repeats=1)
+    out = sweep.main(args)
+    assert [r["sigma_rel"] for r in out["results"]] == [0.05, 0.07] and out["results"][0]["residual"] < 1e-6
+    assert [s["sigma_rel"] for s in out["skipped"]] == [0.005] and "cannot be represented" in out["skipped"][0][
+        "reason"
+    ]
+    assert all(np.isfinite(r["bpd"]) for r in out["results"]) and np.isfinite(out["fixed_ema"]["bpd"])
+    folder = workdir / "posthoc_ema" / "2"
+    assert (folder / "posthoc_ema.png").stat().st_size > 0 and (folder / "posthoc_ema.json").is_file()
+    with pytest.raises(ValueError, match="already holds a sweep"):
+        sweep.main(args)
+    with pytest.raises(ValueError, match=r"`--sigma-rels`: `sigma_rel` must lie in"):
+        sweep.main(sweep.Args(workdir=str(workdir), sigma_rels=(0.4,), out=str(workdir / "other")))
 
 
 def test_explicit_flags_win_over_the_preset():
