@@ -152,3 +152,29 @@ def test_loop_config_posthoc_is_validated_before_work():
     assert loop.posthoc_sigma_rels == ()
     with pytest.raises(ValueError, match="sigma_rel"):
         dataclasses.replace(loop, posthoc_sigma_rels=(0.05, 0.4))
+
+
+def test_posthoc_emas_are_laid_out_like_the_parameters():
+    """On a data x FSDP mesh of the 8 fake devices, every post-hoc EMA leaf has its parameter's sharding, before
+    and after a step (the step constrains its output to the same layout)."""
+    assert jax.device_count() == 8, "conftest fakes 8 CPU devices"
+    sharding = vd.train.Sharding(vd.train.make_mesh(2), fsdp_min_size=64)
+    model = TinyDenoiser(16, 64, key=jr.key(0))
+    loss = vd.train.GaussianLoss(vd.weighting.Sigmoid(2.0), vd.schedules.Cosine(-10.0, 10.0), num_levels=17)
+    opt = vd.train.make_optimizer(1e-2, 1, 10)
+    posthoc = vd.train.PostHocEMA((0.05, 0.10))
+    state = sharding.shard_state(vd.train.init_train_state(model, opt, loss, key=jr.key(1), posthoc=posthoc))
+    step = vd.train.make_train_step(loss, opt, ema_decay=0.9, sharding=sharding, posthoc=posthoc)
+    x = np.random.default_rng(0).integers(0, 17, (16, 4, 4, 1)).astype(np.uint8)
+
+    def check(s):
+        params = [p for p in jax.tree.leaves(s.params) if jnp.issubdtype(p.dtype, jnp.floating)]
+        assert [p for p in params if "fsdp" in tuple(p.sharding.spec)], "the test needs leaves that FSDP splits"
+        for ema in s.phema:
+            leaves = jax.tree.leaves(ema)
+            assert len(leaves) == len(params)
+            assert all(e.sharding.is_equivalent_to(p.sharding, p.ndim) for e, p in zip(leaves, params))
+
+    check(state)
+    state, _ = step(state, sharding.shard_batch({"x": x}))  # the input state is donated
+    check(state)
