@@ -6,6 +6,10 @@ backward on an MSE target at fixed inputs plus the same Adam update. Both are `j
 state donated and timed alternately in one process (so machine load hits both alike); the ratio of medians is
 reported. Targets: <= 1.10 for the demo MLP, <= 1.05 for the MLP of width 1024 and the U-Net.
 
+Also the cost of post-hoc EMA (`vdmpp.train.PostHocEMA`, two power-function EMAs in the state, the training
+scripts' default): the full step with it over the full step without it, timed alternately the same way
+(`posthoc_ema_ratio`; no target, reported to decide the default).
+
     python benchmarks/step_overhead.py [--repeats 300] [--batch-size 128]
 """
 
@@ -117,6 +121,43 @@ def measure(batch_size: int = 128, repeats: int = 300, width: int = 256, model: 
     }
 
 
+def posthoc_ratio(
+    batch_size: int = 128, repeats: int = 300, width: int = 256, model: str = "mlp", warmup: int = 20
+) -> dict:
+    """Median time of the full step with post-hoc EMA (sigma_rel 0.05, 0.10) over the full step without it."""
+    net, loss, optimizer = demo_setup(width=width, model=model)
+    posthoc = vd.train.PostHocEMA((0.05, 0.10))
+    batch_ = {"x": jnp.asarray(batch(batch_size))}
+    states = {
+        "with": vd.train.init_train_state(net, optimizer, loss, key=jr.key(0), posthoc=posthoc),
+        "without": vd.train.init_train_state(net, optimizer, loss, key=jr.key(0)),
+    }
+    steps = {
+        "with": vd.train.make_train_step(loss, optimizer, ema_decay=0.999, posthoc=posthoc),
+        "without": vd.train.make_train_step(loss, optimizer, ema_decay=0.999),
+    }
+    times: dict[str, list[float]] = {"with": [], "without": []}
+
+    def run(name):
+        t0 = time.perf_counter()
+        states[name], m = steps[name](states[name], batch_)
+        jax.block_until_ready(m["loss"])
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        run("with")
+        run("without")
+    for _ in range(repeats):
+        times["with"].append(run("with"))
+        times["without"].append(run("without"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "ratio": round(med["with"] / med["without"], 4),
+        "median_with_ms": round(1e3 * med["with"], 4),
+        "median_without_ms": round(1e3 * med["without"], 4),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Args:
     """Settings of the benchmark."""
@@ -142,12 +183,18 @@ def main(args: Args) -> dict:
         "unet": measure(batch_size=args.batch_size, model="unet", repeats=max(args.repeats // 20, 3), warmup=3),
     }
     ratios = {k: r["ratio_full_over_bare"] for k, r in runs.items()}
+    posthoc = {
+        "demo_mlp_w256": posthoc_ratio(batch_size=args.batch_size, repeats=args.repeats, width=256),
+        "unet": posthoc_ratio(batch_size=args.batch_size, model="unet", repeats=max(args.repeats // 20, 3), warmup=3),
+    }
     record = {
         "benchmark": "step_overhead",
         "ratio_full_over_bare": ratios,
         "target": TARGETS,
         "meets_target": {k: ratios[k] <= TARGETS[k] for k in runs},
         "median_ms": {k: [r["median_full_ms"], r["median_bare_ms"]] for k, r in runs.items()},
+        "posthoc_ema_ratio": {k: r["ratio"] for k, r in posthoc.items()},
+        "posthoc_ema_median_ms": {k: [r["median_with_ms"], r["median_without_ms"]] for k, r in posthoc.items()},
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "backend": jax.default_backend(),

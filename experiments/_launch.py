@@ -15,15 +15,16 @@ import math
 import pathlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _cli  # noqa: E402
+from experiments._presets import get_preset, Preset  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,38 @@ class RunConfig:
     progress: bool = True
     debug: bool = False
     """Show the full traceback of an error instead of one line."""
+    # --- accelerators (issue 14): presets, mixed precision, remat, optimiser options, data workers, post-hoc EMA
+    preset: str | None = None
+    """A published model from experiments/_presets.py (vdm_cifar10 for train_gaussian.py; md4_text8,
+    md4_imagenet64 for train_masked.py; each with a reduced *_tiny variant): its network and training
+    hyperparameters. Explicit flags still win."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """The network's compute dtype; parameters, optimiser state and EMAs stay float32 (THEORY §15)."""
+    remat: bool = False
+    """Recompute each block's activations in the backward pass (jax.checkpoint): less memory, more compute."""
+    adam_b2: float = 0.999
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (0: Adam)."""
+    grad_clip: float | None = 1.0
+    """Clip the gradient's global norm to this (None: no clipping)."""
+    num_workers: int = 0
+    """grain worker processes that read and batch the data (0: in this process); resume with the same value."""
+    posthoc_sigma_rels: tuple[float, ...] = (0.05, 0.10)
+    """Widths of the power-function EMAs tracked for post-hoc EMA (experiments/posthoc_ema.py); pass the flag
+    with no value to turn it off."""
+    snapshot_every: int = 500
+    """Write the post-hoc EMAs to WORKDIR/ema_snapshots/ every this many steps (the folder is never pruned)."""
+
+
+class Run(NamedTuple):
+    """What a training script builds from its config (`build_run`): the config with its presets filled in, the
+    data, the network, the loss and the run's training key."""
+
+    cfg: Any
+    data: vd.data.Dataset
+    model: Any
+    loss: vd.train.AbstractLoss
+    key: Any
 
 
 def with_preset(cfg: Any, preset: dict) -> Any:
@@ -109,6 +142,7 @@ def validate_run(cfg: RunConfig) -> None:
             raise _cli.ConfigError(
                 f"`--process-id` must be below `--num-processes` ({cfg.num_processes}); got {cfg.process_id}."
             )
+    check_accelerator_flags(cfg)
     with _cli.flags(cfg):  # the library's own checks, with its field names turned into flags
         loop_config(cfg)
         optimizer(cfg)
@@ -155,9 +189,17 @@ def check_batch_size(cfg: RunConfig, num_train: int) -> None:
 
 
 def optimizer(cfg: RunConfig) -> Any:
-    """Adam with warmup and a cosine or constant learning rate."""
+    """Adam(W) with warmup, a cosine or constant learning rate and optional global-norm clipping."""
     kind = vd.train.WarmupCosine() if cfg.lr_schedule == "cosine" else vd.train.WarmupConstant()
-    return vd.train.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, kind)
+    return vd.train.make_optimizer(
+        cfg.lr,
+        cfg.warmup,
+        cfg.steps,
+        kind,
+        clip_norm=cfg.grad_clip,
+        b2=cfg.adam_b2,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def loop_config(cfg: RunConfig) -> vd.train.LoopConfig:
@@ -172,11 +214,16 @@ def loop_config(cfg: RunConfig) -> vd.train.LoopConfig:
         fsdp=cfg.fsdp,
         eval_examples=cfg.eval_examples,
         progress=cfg.progress,
+        posthoc_sigma_rels=tuple(cfg.posthoc_sigma_rels),
+        snapshot_every=cfg.snapshot_every,
     )
 
 
-def training_setup(cfg: RunConfig, train: np.ndarray) -> tuple[Any, Any, vd.train.LoopConfig]:
-    """The optimiser, this process's shard of the shuffled, repeating grain pipeline, and the loop settings."""
+def training_setup(cfg: RunConfig, train: Any) -> tuple[Any, Any, vd.train.LoopConfig]:
+    """The optimiser, this process's shard of the shuffled, repeating grain pipeline, and the loop settings.
+
+    `train` is an array or a lazily read `vd.data.RecordArray`: then each process reads only its own shard.
+    """
     nproc = jax.process_count()
     dataset = vd.data.pipeline(
         train,
@@ -186,6 +233,7 @@ def training_setup(cfg: RunConfig, train: np.ndarray) -> tuple[Any, Any, vd.trai
         num_epochs=None,
         shard_index=jax.process_index(),
         shard_count=nproc,
+        num_workers=cfg.num_workers,
     )
     return optimizer(cfg), dataset, loop_config(cfg)
 
@@ -223,6 +271,8 @@ RUN_FIELDS = frozenset(
         "num_processes",
         "process_id",
         "progress",
+        "remat",  # recomputation only: same maths (resume with or without it, e.g. after running out of memory)
+        "snapshot_every",
     }
 )
 
@@ -234,6 +284,101 @@ def config_record(cfg: Any) -> dict:
         "maths": {k: v for k, v in d.items() if k not in RUN_FIELDS},
         "run": {k: v for k, v in d.items() if k in RUN_FIELDS},
     }
+
+
+_PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_SCRIPTS = {"gaussian": "train_gaussian.py", "masked": "train_masked.py"}
+
+
+def precision_of(cfg: RunConfig) -> vd.nn.Precision:
+    """The network's precision policy named by `--precision`."""
+    if cfg.precision not in _PRECISIONS:
+        raise ValueError(f"`--precision` must be one of {', '.join(_PRECISIONS)}; got {cfg.precision!r}.")
+    return vd.nn.Precision(_PRECISIONS[cfg.precision])
+
+
+def check_accelerator_flags(cfg: RunConfig) -> None:
+    """Precision, worker count and post-hoc EMA settings, checked before any work starts."""
+    precision_of(cfg)
+    _cli.in_range(cfg, "adam_b2", 0.0, 1.0)
+    _cli.finite(cfg, "weight_decay")
+    if cfg.weight_decay < 0:
+        raise _cli.ConfigError(f"`--weight-decay` must be >= 0 (0: Adam); got {cfg.weight_decay!r}.")
+    if cfg.grad_clip is not None and not (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0):
+        raise _cli.ConfigError(f"`--grad-clip` must be a positive finite number or None; got {cfg.grad_clip!r}.")
+    if not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+        raise ValueError(f"`--num-workers` must be an integer >= 0 (0: read in this process); got {cfg.num_workers!r}.")
+    if not isinstance(cfg.snapshot_every, int) or cfg.snapshot_every < 1:
+        raise ValueError(f"`--snapshot-every` must be a positive integer; got {cfg.snapshot_every!r}.")
+    if cfg.posthoc_sigma_rels:
+        try:
+            vd.train.PostHocEMA(tuple(float(s) for s in cfg.posthoc_sigma_rels))
+        except ValueError as e:
+            raise ValueError(f"`--posthoc-sigma-rels`: {e}") from None
+
+
+def apply_model_preset(cfg: Any, kind: str, model_fields: tuple[str, ...]) -> tuple[Any, Preset | None]:
+    """With `--preset NAME`: check that it belongs to this script, then fill its hyperparameters into every field
+    the user left at its default (like `--demo`). `model_fields` are the script's own network flags, which a
+    preset replaces (setting one is an error).
+
+    Raises:
+        ValueError: an unknown preset (the message lists them), a preset of the other script, `--demo` with a
+            preset, or a network flag with a preset.
+    """
+    check_accelerator_flags(cfg)
+    if cfg.preset is None:
+        return cfg, None
+    try:
+        preset = get_preset(cfg.preset)
+    except ValueError as e:
+        raise ValueError(f"`--preset`: {e}") from None
+    if preset.kind != kind:
+        raise ValueError(
+            f"`--preset {cfg.preset}` is a {preset.kind}-diffusion model: train it with "
+            f"experiments/{_SCRIPTS[preset.kind]}, not experiments/{_SCRIPTS[kind]}."
+        )
+    if cfg.demo:
+        raise ValueError("`--demo` and `--preset` cannot be combined: the demo uses its own small network.")
+    default = type(cfg)(workdir=cfg.workdir)
+    changed = [f for f in model_fields if getattr(cfg, f) != getattr(default, f)]
+    if changed:
+        flags = ", ".join("--" + f.replace("_", "-") for f in changed)
+        raise ValueError(
+            f"{flags} cannot be used with `--preset {cfg.preset}`: the preset fixes the network "
+            f"({preset.network.__name__}); drop the flag, or train without a preset."
+        )
+    fill = {k: v for k, v in preset.run_overrides().items() if getattr(cfg, k) == getattr(default, k)}
+    return dataclasses.replace(cfg, **fill), preset
+
+
+def data_options(preset: Preset | None) -> dict[str, Any]:
+    """Extra `vd.data.load` arguments for a preset: a text file is cut into the preset's sequence length."""
+    return {"seq_len": preset.data_shape[0]} if preset is not None and len(preset.data_shape) == 1 else {}
+
+
+def check_preset_data(cfg: RunConfig, preset: Preset | None, data: vd.data.Dataset) -> None:
+    """The data must have the shape and number of levels the preset's network is built for."""
+    if preset is None:
+        return
+    if tuple(data.example_shape) != tuple(preset.data_shape) or data.num_levels != preset.num_levels:
+        raise ValueError(
+            f"`--preset {preset.name}` is built for examples of shape {tuple(preset.data_shape)} with "
+            f"{preset.num_levels} levels; `--data {cfg.data}` has shape {tuple(data.example_shape)} with "
+            f"{data.num_levels} levels. Use data of the preset's shape or another preset."
+        )
+
+
+def build_preset_model(cfg: RunConfig, preset: Preset, lam_range: tuple[float, float], key) -> Any:
+    """The preset's network under `--precision`/`--remat`, embedding the run's λ range, with `--dropout`."""
+    return preset.build(
+        key,
+        precision=precision_of(cfg),
+        remat=cfg.remat,
+        lam_min=lam_range[0],
+        lam_max=lam_range[1],
+        dropout=getattr(cfg, "dropout", preset.dropout),
+    )
 
 
 def print_outputs(workdir: str, summary: dict, headline: str) -> None:

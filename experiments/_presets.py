@@ -8,8 +8,10 @@ One place maps a preset name to objects (DESIGN: the CLI maps names to objects i
     p.num_parameters()          # from jax.eval_shape: nothing is allocated
 
 Each preset has a reduced-width `<name>_tiny` variant (same network class and options, a few thousand
-parameters) that runs in seconds on a CPU. The reference for every number is in `reference`; parameter
-counts were checked against the published code's layer shapes (see tests/test_presets.py).
+parameters) that runs in seconds on a CPU, on data the tests have: scikit-learn digits (8×8×1, 17 levels)
+for the image models, text8's 27-character alphabet in sequences of 16 for the text model. The reference
+for every number is in `reference`; parameter counts were checked against the published code's layer
+shapes (see tests/test_presets.py).
 
 - `vdm_cifar10`: `vd.nn.UNet`, 32 residual blocks of 128 channels, no downsampling, Fourier features
   (google-research/vdm `configs/cifar10.py`);
@@ -43,6 +45,8 @@ class Preset:
             optimiser and run settings of the config (AdamW; `grad_clip` None: no clipping).
         reference: where the numbers come from; `reference_params`: the published model's parameter count
             (computed from the public code's layer shapes where the paper gives none; see the tests).
+        cli: the training script's own `Config` fields that name `schedule` and `weighting` (the script maps
+            names to objects; tests/test_presets.py checks that they build these objects).
     """
 
     name: str
@@ -66,10 +70,15 @@ class Preset:
     ema_decay: float
     reference: str
     reference_params: int
+    cli: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
-    def build(self, key, *, precision: vd.nn.Precision = vd.nn.Precision(), remat: bool = False):
-        """The network, initialised from `key`, computing under `precision`, optionally rematerialised."""
-        return self.network(**self.network_kwargs, key=key, precision=precision, remat=remat)
+    def build(self, key, *, precision: vd.nn.Precision = vd.nn.Precision(), remat: bool = False, **overrides):
+        """The network, initialised from `key`, computing under `precision`, optionally rematerialised.
+
+        `overrides` replace network arguments (the training scripts pass the run's λ range and dropout).
+        """
+        kwargs = {**self.network_kwargs, **overrides}
+        return self.network(**kwargs, key=key, precision=precision, remat=remat)
 
     def abstract(self):
         """The network as `jax.ShapeDtypeStruct` leaves (`eqx.filter_eval_shape`): nothing allocated."""
@@ -85,9 +94,11 @@ class Preset:
         return float(self.network_kwargs.get("dropout", 0.0))
 
     def run_overrides(self) -> dict[str, Any]:
-        """The `RunConfig` fields this preset sets (for `_launch.with_preset`-style filling)."""
-        fields = ("lr", "lr_schedule", "warmup", "steps", "batch_size", "ema_decay")
-        return {f: getattr(self, f) for f in fields}
+        """The training script's `Config` fields this preset sets (filled where the user left the default)."""
+        fields = ("lr", "lr_schedule", "warmup", "steps", "batch_size", "ema_decay", "weight_decay", "dropout")
+        out = {f: getattr(self, f) for f in fields}
+        out.update(adam_b2=self.b2, grad_clip=self.grad_clip, **self.cli)
+        return out
 
 
 def _frozen(**kwargs) -> Mapping[str, Any]:
@@ -130,6 +141,7 @@ _VDM_CIFAR10 = Preset(
     ema_decay=0.9999,
     reference="google-research/vdm@dc27b98 configs/cifar10.py, model_vdm.py ScoreUNet; VDM paper 2.65 bits/dim",
     reference_params=30_578_179,
+    cli=_frozen(weighting="elbo", schedule="linear", lam_min=-5.0, lam_max=13.3),
 )
 
 _MD4_TEXT8 = Preset(
@@ -167,6 +179,7 @@ _MD4_TEXT8 = Preset(
     ema_decay=0.9999,
     reference="google-deepmind/md4@b9fbf29 md4/configs/md4/text8.py, md4/networks/transformer.py",
     reference_params=88_734_272,
+    cli=_frozen(schedule="linear", weighting="elbo"),
 )
 
 _MD4_IMAGENET64 = Preset(
@@ -207,19 +220,19 @@ _MD4_IMAGENET64 = Preset(
     reference="Shi & Titsias 2025, ImageNet 64x64 table (204M); google-deepmind/md4@b9fbf29 "
     "md4/configs/md4/imagenet64.py, md4/networks/uvit.py, dit.py",
     reference_params=204_000_000,
+    cli=_frozen(schedule="linear", weighting="elbo"),
 )
 
 
-def _tiny(preset: Preset, **network_kwargs) -> Preset:
-    kwargs = {**preset.network_kwargs, **network_kwargs}
-    shape = kwargs.get("image_shape") or ((kwargs["seq_len"],) if "seq_len" in kwargs else (8, 8, 3))
+def _tiny(preset: Preset, data_shape: tuple[int, ...], num_levels: int, **network_kwargs) -> Preset:
+    """A reduced-width variant on data that ship with the tests: digits (8x8x1, 17 levels) or a text file."""
     return dataclasses.replace(
         preset,
         name=preset.name + "_tiny",
-        network_kwargs=_frozen(**kwargs),
-        data_shape=tuple(shape),
-        num_levels=kwargs.get("vocab_size", preset.num_levels),
-        batch_size=4,
+        network_kwargs=_frozen(**{**preset.network_kwargs, **network_kwargs}),
+        data_shape=data_shape,
+        num_levels=num_levels,
+        batch_size=8,  # divisible by the 8 fake CPU devices of the tests
         steps=2,
         warmup=1,
         reference=f"reduced width of {preset.name}",
@@ -232,14 +245,18 @@ PRESETS: Mapping[str, Preset] = types.MappingProxyType(
         p.name: p
         for p in (
             _VDM_CIFAR10,
-            _tiny(_VDM_CIFAR10, base_channels=8, num_res_blocks=1, num_groups=4),
+            # scikit-learn digits: 8x8x1 images with 17 levels (10 classes)
+            _tiny(_VDM_CIFAR10, (8, 8, 1), 17, channels=1, base_channels=8, num_res_blocks=1, num_groups=4),
             _MD4_TEXT8,
-            _tiny(_MD4_TEXT8, seq_len=16, dim=16, depth=2, num_heads=2, embed_dim=8, cond_dim=8),
+            # text8's alphabet (a-z and space) in sequences of 16
+            _tiny(_MD4_TEXT8, (16,), 27, seq_len=16, dim=16, depth=2, num_heads=2, embed_dim=8, cond_dim=8),
             _MD4_IMAGENET64,
             _tiny(
                 _MD4_IMAGENET64,
-                image_shape=(4, 4, 3),
-                vocab_size=16,
+                (8, 8, 1),
+                17,
+                image_shape=(8, 8, 1),
+                vocab_size=17,
                 features=8,
                 num_res_blocks=1,
                 dit_depth=1,

@@ -2,9 +2,12 @@
 
     python experiments/train_gaussian.py --workdir runs/x --data digits --steps 2000 --seed 0 --checkpoint-every 500
     python experiments/train_gaussian.py --workdir runs/demo --data digits --demo      # what `make demo` runs
+    python experiments/train_gaussian.py --workdir runs/vdm --data 'cifar10/*.array_record' --preset vdm_cifar10 \
+        --precision bfloat16                                                           # VDM's CIFAR-10 U-Net
 
 Writes WORKDIR/summary.json, metrics.jsonl, tb/ (TensorBoard), loss_curve.png, bpd_curve.png,
-p_lambda.png (adaptive schedule), samples.png and checkpoints/. `--resume` continues bit for bit.
+p_lambda.png (adaptive schedule), samples.png, checkpoints/ and ema_snapshots/ (post-hoc EMA, see
+experiments/posthoc_ema.py). `--resume` continues bit for bit.
 """
 
 import dataclasses
@@ -22,6 +25,7 @@ import vdmpp as vd
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _cli, _launch  # noqa: E402  (plumbing shared with train_masked.py)
 from experiments._launch import RunConfig  # noqa: E402
+from experiments._presets import Preset  # noqa: E402
 
 
 Weighting = Literal[
@@ -140,6 +144,8 @@ def build_model(cfg: Config, data: vd.data.Dataset, lam_range: tuple[float, floa
     if cfg.model == "unet":
         return vd.nn.UNet(
             shape[-1],
+            precision=_launch.precision_of(cfg),
+            remat=cfg.remat,
             base_channels=cfg.unet_channels,
             channel_mults=cfg.unet_mults,
             num_res_blocks=cfg.unet_res_blocks,
@@ -159,8 +165,14 @@ def build_model(cfg: Config, data: vd.data.Dataset, lam_range: tuple[float, floa
         lam_max=lam_max,
         dropout=cfg.dropout,
         key=key,
+        precision=_launch.precision_of(cfg),
+        remat=cfg.remat,
     )
     return FlatModel(net, shape)
+
+
+# The network flags a --preset replaces (setting one with a preset is an error).
+MODEL_FIELDS = ("model", "width", "depth", "emb_dim", "unet_channels", "unet_mults", "unet_res_blocks")
 
 
 def apply_demo(cfg: Config) -> Config:
@@ -204,35 +216,55 @@ def check_maths(cfg: Config) -> tuple[vd.schedules.AbstractNoiseSchedule, vd.wei
     return schedule, weighting
 
 
+def prepare(cfg: Config) -> tuple[Config, Preset | None]:
+    """`cfg` with `--preset` and `--demo` filled in (explicit flags win), and the preset."""
+    with _cli.flags(cfg):
+        cfg, preset = _launch.apply_model_preset(cfg, "gaussian", MODEL_FIELDS)
+    return apply_demo(cfg), preset
+
+
+def build_run(cfg: Config) -> _launch.Run:
+    """Everything a run trains, from `cfg`: data, network, loss, training key (the config with its preset, demo
+    and λ range filled in). Validates first; `experiments/posthoc_ema.py` calls it with a finished run's recorded
+    config to rebuild the network."""
+    cfg, preset = prepare(cfg)
+    validate(cfg)
+    with _cli.flags(cfg, "data"):
+        data = vd.data.load(cfg.data, **_launch.data_options(preset))
+    if data.kind != "image" or data.num_levels is None:
+        raise _cli.ConfigError(
+            f"`--data` must be an integer image data set for train_gaussian.py; got kind {data.kind!r}."
+        )
+    _launch.check_preset_data(cfg, preset, data)
+    _launch.check_batch_size(cfg, data.train.shape[0])
+    if cfg.lam_max is None:
+        cfg = dataclasses.replace(cfg, lam_max=round(2.0 * math.log(data.num_levels) + 0.5, 3))
+    schedule, weighting = check_maths(cfg)  # the run's one λ range: model embedding, training, ELBO, sampling
+    lam_range = (float(schedule.lam_min), float(schedule.lam_max))
+    key = jr.key(cfg.seed)
+    mkey, tkey = jr.split(key)
+    with _cli.flags(cfg, "model"):  # e.g. an image size the U-Net's levels cannot halve
+        if preset is None:
+            model = build_model(cfg, data, lam_range, mkey)
+        else:
+            model = _launch.build_preset_model(cfg, preset, lam_range, mkey)
+    sampling = vd.schedules.Cosine(*lam_range) if cfg.sample_schedule == "cosine" else None
+    loss = vd.train.GaussianLoss(
+        weighting,
+        schedule,
+        parameterisation=build_parameterisation(cfg),
+        num_levels=data.num_levels,
+        sampling_schedule=sampling,
+    )
+    return _launch.Run(cfg, data, model, loss, tkey)
+
+
 def main(cfg: Config) -> dict:
     """Validate `cfg`, build everything from it, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
-    cfg = apply_demo(cfg)
-    validate(cfg)
+    validate(prepare(cfg)[0])  # before the workdir is claimed
     with _launch.claim(cfg):
-        with _cli.flags(cfg, "data"):
-            data = vd.data.load(cfg.data)
-        if data.kind != "image" or data.num_levels is None:
-            raise _cli.ConfigError(
-                f"`--data` must be an integer image data set for train_gaussian.py; got kind {data.kind!r}."
-            )
-        _launch.check_batch_size(cfg, data.train.shape[0])
-        if cfg.lam_max is None:
-            cfg = dataclasses.replace(cfg, lam_max=round(2.0 * math.log(data.num_levels) + 0.5, 3))
-        schedule, weighting = check_maths(cfg)  # the run's one λ range: model embedding, training, ELBO, sampling
-        lam_range = (float(schedule.lam_min), float(schedule.lam_max))
-        key = jr.key(cfg.seed)
-        mkey, tkey = jr.split(key)
-        with _cli.flags(cfg, "model"):  # e.g. an image size the U-Net's levels cannot halve
-            model = build_model(cfg, data, lam_range, mkey)
-        sampling = vd.schedules.Cosine(*lam_range) if cfg.sample_schedule == "cosine" else None
-        loss = vd.train.GaussianLoss(
-            weighting,
-            schedule,
-            parameterisation=build_parameterisation(cfg),
-            num_levels=data.num_levels,
-            sampling_schedule=sampling,
-        )
+        cfg, data, model, loss, tkey = build_run(cfg)
         optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
         summary = vd.train.fit(
             model,

@@ -5,7 +5,8 @@
 
 Image data are treated as tokens (one per pixel, V = number of grey levels); text files as characters.
 Writes WORKDIR/summary.json, metrics.jsonl, tb/, loss_curve.png, bpd_curve.png (bits per token),
-samples.png (images) or samples.txt (text) and checkpoints/. `--resume` continues bit for bit.
+samples.png (images) or samples.txt (text), checkpoints/ and ema_snapshots/ (post-hoc EMA). `--resume`
+continues bit for bit. A class-conditional preset (md4_imagenet64) is trained with its null class (unconditional).
 """
 
 import dataclasses
@@ -21,6 +22,7 @@ import vdmpp as vd
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _cli, _launch  # noqa: E402  (plumbing shared with train_gaussian.py)
 from experiments._launch import RunConfig  # noqa: E402
+from experiments._presets import Preset  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +97,10 @@ def tokens_of(data: vd.data.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
     return data.train, data.test, int(data.num_levels)
 
 
+# The network flags a --preset replaces (setting one with a preset is an error).
+MODEL_FIELDS = ("dim", "depth", "num_heads")
+
+
 def apply_demo(cfg: Config) -> Config:
     """Fill in the demo preset for every field the user left at its default."""
     return _launch.with_preset(cfg, DEMO)
@@ -124,20 +130,29 @@ def validate(cfg: Config) -> tuple[vd.masked.AbstractMaskingSchedule, vd.weighti
     return schedule, weighting
 
 
-def main(cfg: Config) -> dict:
-    """Validate `cfg`, build everything from it, train, and print where the outputs are."""
-    _launch.init_distributed(cfg)
-    cfg = apply_demo(cfg)
+def prepare(cfg: Config) -> tuple[Config, Preset | None]:
+    """`cfg` with `--preset` and `--demo` filled in (explicit flags win), and the preset."""
+    with _cli.flags(cfg):
+        cfg, preset = _launch.apply_model_preset(cfg, "masked", MODEL_FIELDS)
+    return apply_demo(cfg), preset
+
+
+def build_run(cfg: Config) -> _launch.Run:
+    """Everything a run trains, from `cfg`: data, network, loss, training key (the config with its preset and
+    demo filled in). Validates first; `experiments/posthoc_ema.py` calls it with a finished run's recorded config
+    to rebuild the network."""
+    cfg, preset = prepare(cfg)
     schedule, weighting = validate(cfg)
-    with _launch.claim(cfg):
-        with _cli.flags(cfg, "data"):
-            data = vd.data.load(cfg.data)
-        train, test, vocab = tokens_of(data)
-        _launch.check_batch_size(cfg, train.shape[0])
-        example_shape = tuple(train.shape[1:])
-        lam_range = lam_range_of(schedule)  # the run's one λ range: model embedding and importance schedule
-        key = jr.key(cfg.seed)
-        mkey, tkey = jr.split(key)
+    with _cli.flags(cfg, "data"):
+        data = vd.data.load(cfg.data, **_launch.data_options(preset))
+    train, _, vocab = tokens_of(data)
+    _launch.check_preset_data(cfg, preset, data)
+    _launch.check_batch_size(cfg, train.shape[0])
+    example_shape = tuple(train.shape[1:])
+    lam_range = lam_range_of(schedule)  # the run's one λ range: model embedding and importance schedule
+    key = jr.key(cfg.seed)
+    mkey, tkey = jr.split(key)
+    if preset is None:
         model = vd.nn.Transformer(
             vocab,
             seq_len=int(np.prod(example_shape)),
@@ -148,8 +163,23 @@ def main(cfg: Config) -> dict:
             lam_min=lam_range[0],
             lam_max=lam_range[1],
             key=mkey,
+            precision=_launch.precision_of(cfg),
+            remat=cfg.remat,
         )
-        loss = vd.train.MaskedLoss(schedule, weighting, mask_id=vocab, importance=build_importance(cfg, lam_range))
+    else:
+        model = _launch.build_preset_model(cfg, preset, lam_range, mkey)
+    loss = vd.train.MaskedLoss(schedule, weighting, mask_id=vocab, importance=build_importance(cfg, lam_range))
+    return _launch.Run(cfg, data, model, loss, tkey)
+
+
+def main(cfg: Config) -> dict:
+    """Validate `cfg`, build everything from it, train, and print where the outputs are."""
+    _launch.init_distributed(cfg)
+    validate(prepare(cfg)[0])  # before the workdir is claimed
+    with _launch.claim(cfg):
+        cfg, data, model, loss, tkey = build_run(cfg)
+        train, test, vocab = tokens_of(data)
+        example_shape = tuple(train.shape[1:])
         optimizer, dataset, loop = _launch.training_setup(cfg, train)
         vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 

@@ -43,14 +43,25 @@ def pipeline(data: np.ndarray, batch_size: int, seed: int, labels=None):
     return vd.data.pipeline(data, batch_size=batch_size, seed=seed, shuffle=True, num_epochs=None, labels=labels)
 
 
-def build(steps: int, every: int, lr: float = 3e-3):
-    """Model, loss, optimizer, loop config and dataset of the standard small run."""
+POSTHOC = (0.05, 0.1)  # the post-hoc EMA profiles of `build(..., posthoc=True)`, snapshots every 2 steps
+
+
+def build(steps: int, every: int, lr: float = 3e-3, posthoc: bool = False):
+    """Model, loss, optimizer, loop config and dataset of the standard small run (optionally with post-hoc EMA)."""
     import vdmpp as vd
 
     model = TinyDenoiser(16, 32, key=jr.key(0))
     loss = vd.train.GaussianLoss(vd.weighting.Sigmoid(2.0), vd.schedules.Cosine(-10.0, 10.0), num_levels=17)
     opt = vd.train.make_optimizer(lr, 2, steps)
-    loop = vd.train.LoopConfig(steps=steps, checkpoint_every=every, log_every=1, ema_decay=0.9, progress=False)
+    loop = vd.train.LoopConfig(
+        steps=steps,
+        checkpoint_every=every,
+        log_every=1,
+        ema_decay=0.9,
+        progress=False,
+        posthoc_sigma_rels=POSTHOC if posthoc else (),
+        snapshot_every=2,
+    )
     return model, loss, opt, loop, pipeline(fake_data(), 16, seed=1)
 
 
@@ -73,7 +84,7 @@ def main(argv):
     workdir, steps, every = argv[0], int(argv[1]), int(argv[2])
     resume = "--resume" in argv
     slow = "--slow" in argv
-    model, loss, opt, loop, ds = build(steps, every)
+    model, loss, opt, loop, ds = build(steps, every, posthoc=True)
     if slow:  # slow each batch down so the parent can kill the process mid-run
 
         class Slow(grain.transforms.Map):

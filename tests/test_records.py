@@ -193,3 +193,36 @@ def test_pipeline_rejects_mismatched_record_labels(digit_records, digits):
         vd.data.pipeline(ds.train, labels=digits.train_labels, batch_size=4, seed=0)
     with pytest.raises(ValueError, match="`num_workers` must be a non-negative integer"):
         vd.data.pipeline(ds.train, batch_size=4, seed=0, num_workers=-1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_jax_processes_read_disjoint_shards_that_cover_the_data(tmp_path):
+    """Two `jax.distributed` processes build the training scripts' pipeline from the same ArrayRecord files:
+    each reads only its own records, and the rows of one epoch are disjoint and together cover the data."""
+    import os
+    import subprocess
+
+    n = 64
+    x = np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)  # every row unique
+    vd.data.write_records(vd.data.Dataset(train=x, test=x[:3], num_levels=None, kind="toy", name="rows"), tmp_path,
+                          num_shards=3)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    port, script = str(_free_port()), str(ROOT / "tests" / "_shard_worker.py")
+    outs = [tmp_path / f"out{i}.json" for i in range(2)]
+    pattern = str(tmp_path / "*.array_record")
+    procs = [subprocess.Popen([sys.executable, script, port, str(i), pattern, str(outs[i])], env=env) for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=240) == 0
+    got = [json.loads(o.read_text()) for o in outs]
+    for pid, g in enumerate(got):
+        assert g["count"] == 2 and g["batch"] == 4  # the global batch of 8 split over the two processes
+        assert g["read"] and all(i % 2 == pid for i in g["read"]), "a process read another process's records"
+        assert sorted(g["rows"]) == list(range(pid, n, 2))
+    assert not set(got[0]["rows"]) & set(got[1]["rows"]) and sorted(got[0]["rows"] + got[1]["rows"]) == list(range(n))

@@ -1,5 +1,6 @@
 """Training system: loss object, jitted step, NaN guard, sharding, checkpoints and exact resume."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import vdmpp as vd
 
-from _train_standins import build, CONFIG, fake_data, pipeline, TinyDenoiser
+from _train_standins import build, CONFIG, fake_data, pipeline, POSTHOC, TinyDenoiser
 from helpers import finite, tree_allclose
 
 
@@ -88,6 +89,23 @@ def test_optimizer_bad_input():
         vd.train.make_optimizer(0.0, 1, 10)
     with pytest.raises(ValueError, match="`warmup`"):
         vd.train.make_optimizer(1e-3, -1, 10)
+    with pytest.raises(ValueError, match="`clip_norm`"):
+        vd.train.make_optimizer(1e-3, 1, 10, clip_norm=0.0)
+    with pytest.raises(ValueError, match="`weight_decay`"):
+        vd.train.make_optimizer(1e-3, 1, 10, weight_decay=-0.1)
+
+
+def test_adamw_option_first_step_by_hand():
+    """AdamW without clipping (the presets' optimiser): the first step from zero moments is, by hand,
+    p - lr * (g / (|g| + eps) + wd * p) (bias-corrected moments equal g and g^2)."""
+    lr, wd, eps = 0.01, 0.1, 1e-8
+    opt = vd.train.make_optimizer(lr, 0, 10, vd.train.WarmupConstant(), clip_norm=None, weight_decay=wd, eps=eps)
+    p = np.array([1.0, -2.0, 0.5], np.float32)
+    g = np.array([30.0, -0.5, 0.0], np.float32)
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = opt.update(jnp.asarray(g), opt.init(jnp.asarray(p)), jnp.asarray(p))
+    expected = -lr * (g / (np.abs(g) + eps) + wd * p)
+    assert np.allclose(np.asarray(updates), expected, rtol=2e-5, atol=1e-9)  # float32 bias corrections: ~6e-6
 
 
 class TinyTokenModel(eqx.Module):
@@ -339,11 +357,12 @@ def test_batch_not_divisible_by_devices():
 
 
 def test_resume_is_bitwise(tmp_path):
-    model, loss, opt, loop, ds = build(steps=6, every=3)
+    """With post-hoc EMA on: model, optimiser, both EMAs, schedule, counters and the EMA snapshots bit for bit."""
+    model, loss, opt, loop, ds = build(steps=6, every=3, posthoc=True)
     straight = vd.train.fit(
         model, loss, opt, ds, loop=loop, workdir=tmp_path / "a", config=CONFIG, key=jr.key(7), sharding=_one_device()
     )
-    loop_k = vd.train.LoopConfig(steps=3, checkpoint_every=3, log_every=1, ema_decay=0.9, progress=False)
+    loop_k = dataclasses.replace(loop, steps=3)
     _, _, _, _, ds = build(steps=6, every=3)
     vd.train.fit(
         model, loss, opt, ds, loop=loop_k, workdir=tmp_path / "b", config=CONFIG, key=jr.key(7), sharding=_one_device()
@@ -366,7 +385,7 @@ def test_resume_is_bitwise(tmp_path):
 
 
 def _compare_runs(a, b, model, loss, opt):
-    like = vd.train.init_train_state(model, opt, loss, key=jr.key(7))
+    like = vd.train.init_train_state(model, opt, loss, key=jr.key(7), posthoc=vd.train.PostHocEMA(POSTHOC))
     sa, da, _ = vd.train.Checkpointer(a / "checkpoints").restore(like, config=CONFIG)
     sb, db, _ = vd.train.Checkpointer(b / "checkpoints").restore(like, config=CONFIG)
     assert _bitwise_equal(sa, sb)  # model, optimiser, EMA, schedule state, step, key
@@ -379,12 +398,18 @@ def _compare_runs(a, b, model, loss, opt):
     la = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in la if "loss" in r] == [r["loss"] for r in lb if "loss" in r]
+    snaps_a = vd.train.load_ema_snapshots(a / "ema_snapshots")
+    snaps_b = {(s.step, s.sigma_rel): s for s in vd.train.load_ema_snapshots(b / "ema_snapshots")}
+    assert sorted({s.step for s in snaps_a}) == [2, 4, 6] and len(sa.phema) == 2
+    for s in snaps_a:  # every snapshot of the straight run exists in the resumed run, bit for bit
+        other = snaps_b[(s.step, s.sigma_rel)]
+        assert all(np.array_equal(x, y) and x.dtype == y.dtype for x, y in zip(s.params, other.params))
 
 
 def test_resume_after_sigkill(tmp_path):
     script = str(ROOT / "tests" / "_train_standins.py")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    model, loss, opt, loop, ds = build(steps=6, every=3)  # the uninterrupted reference run, in-process
+    model, loss, opt, loop, ds = build(steps=6, every=3, posthoc=True)  # the uninterrupted run, in-process
     vd.train.fit(
         model, loss, opt, ds, loop=loop, workdir=tmp_path / "a", config=CONFIG, key=jr.key(7), sharding=_one_device()
     )

@@ -137,6 +137,10 @@ def elbo_bpd(
 ) -> Float[Array, " batch"]:
     r"""The $-$ELBO in bits per dimension, per example: (prior + reconstruction + $L_\infty$)$/(D\ln 2)$.
 
+    Traced under `jax.default_matmul_precision("highest")` (THEORY §15: the high-λ integrand sets the fine
+    bits; on TPUs float32 matmuls otherwise run as bfloat16 passes). A network computing in bfloat16
+    (`vdmpp.nn.Precision`) keeps its bfloat16 matmuls.
+
     Args:
         denoiser: `(z, lam) -> eps_hat` on one example.
         x_uint8: integer data in $\{0..L-1\}$, shape `(batch, *data)`.
@@ -149,6 +153,9 @@ def elbo_bpd(
         TypeError: if `x_uint8` is not integer.
         ValueError: if `x_uint8` has no batch axis or values outside $[0, L)$.
     """
-    terms = elbo_terms(denoiser, x_uint8, key=key, schedule=schedule, num_levels=num_levels, time_sampler=time_sampler)
+    with jax.default_matmul_precision("highest"):  # THEORY §15: float32 matmuls stay float32 on TPUs
+        terms = elbo_terms(
+            denoiser, x_uint8, key=key, schedule=schedule, num_levels=num_levels, time_sampler=time_sampler
+        )
     dims = math.prod(jnp.shape(x_uint8)[1:])
     return terms.total / (dims * math.log(2.0))

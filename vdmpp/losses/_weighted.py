@@ -59,12 +59,14 @@ def check_batch(name: str, x: Array, t: Array | None = None, eps: Array | None =
 
 def eps_error(denoiser: Callable, x: Array, eps: Array, lam: Array, *extras: Any) -> Array:
     r"""$\|\epsilon - \hat\epsilon(z_\lambda; \lambda)\|^2$ for one example, $z_\lambda = \alpha x + \sigma\epsilon$."""
-    alpha, sigma = vp_alpha_sigma(lam)
-    z = alpha * x + sigma * eps
+    with jax.named_scope("alpha_sigma"):  # named scopes mark the float32 islands (THEORY §15) for jaxpr checks
+        alpha, sigma = vp_alpha_sigma(lam)
+        z = alpha * x + sigma * eps
     eps_hat = denoiser(z, lam, *extras)
     if eps_hat.shape != x.shape:
         raise ValueError(f"The denoiser must return an array shaped like its input {x.shape}; got {eps_hat.shape}.")
-    return jnp.sum((eps - eps_hat) ** 2)
+    with jax.named_scope("squared_error"):
+        return jnp.sum((eps - eps_hat) ** 2)
 
 
 @overload
@@ -130,8 +132,10 @@ def weighted_loss_at(
     check_batch("x", x, t, eps)
     lam = schedule.lam(t)
     err = jax.vmap(ft.partial(eps_error, denoiser))(x, eps, lam, *per_example)
-    w = weighting(lam)
-    loss = 0.5 * w / schedule.density(lam) * err
+    with jax.named_scope("weighting"):
+        w = weighting(lam)
+    with jax.named_scope("importance_weight"):
+        loss = 0.5 * w / schedule.density(lam) * err
     if return_aux:
         return loss, WeightedLossAux(lam=lam, values=w * err)
     return loss

@@ -66,10 +66,11 @@ def masked_cross_entropy(
     r"""$\sum_{n:\,\text{masked}} -\log\mu_\theta(x^n \mid z)$ for ONE example, in float32."""
     z = apply_mask(x, mask, mask_id)
     logits = denoiser(z, lam)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    ll = jnp.take_along_axis(logp, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    # where, not multiply: -inf log-probs at unmasked positions must not give nan
-    return -jnp.sum(jnp.where(mask, ll, 0.0))
+    with jax.named_scope("cross_entropy"):  # a float32 island (THEORY §15), marked for jaxpr checks
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        ll = jnp.take_along_axis(logp, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        # where, not multiply: -inf log-probs at unmasked positions must not give nan
+        return -jnp.sum(jnp.where(mask, ll, 0.0))
 
 
 def reconstruction(schedule: AbstractMaskingSchedule, num_tokens: int, vocab_size: int, dtype) -> Array:

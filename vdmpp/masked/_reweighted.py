@@ -118,16 +118,17 @@ def reweighted_loss_at(
     """
     tokens, _, mask_id = check_token_batch(denoiser, tokens, mask_id, t=t, mask=mask)
     t = jnp.asarray(t)
-    if importance is None:
-        lam = schedule.lam(t)
-        alpha = checked_alpha(schedule.alpha(t))
-        w_lam = weighting(lam)
-        coeff = w_lam * schedule.elbo_weight(t)
-    else:
-        lam = importance.lam(t)
-        alpha = jax.nn.sigmoid(lam)
-        w_lam = weighting(lam)
-        coeff = w_lam * alpha / importance.density(lam)
+    with jax.named_scope("weighting"):  # a float32 island (THEORY §15), marked for jaxpr checks
+        if importance is None:
+            lam = schedule.lam(t)
+            alpha = checked_alpha(schedule.alpha(t))
+            w_lam = weighting(lam)
+            coeff = w_lam * schedule.elbo_weight(t)
+        else:
+            lam = importance.lam(t)
+            alpha = jax.nn.sigmoid(lam)
+            w_lam = weighting(lam)
+            coeff = w_lam * alpha / importance.density(lam)
     ce = jax.vmap(ft.partial(masked_cross_entropy, denoiser, mask_id=mask_id))(tokens, mask, lam)
     loss = coeff * ce
     if return_aux:

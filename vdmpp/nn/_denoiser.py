@@ -32,11 +32,23 @@ def _bits_hash(x: Array) -> Array:
     return jnp.sum(words * weights, dtype=jnp.uint32)
 
 
+def at_least_float32(x: Array) -> Array:
+    """`x` in float32 if it is a narrower float (bfloat16, float16); unchanged otherwise (float32/64, integers)."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
+        return x.astype(jnp.float32)
+    return x
+
+
 class ModelDenoiser(eqx.Module):
     r"""A network as a denoiser on one example: `(z, lam[, label]) -> parameterisation.to_eps(z, model(z, lam))`.
 
     A Module (not a closure), so passing a new one to a jitted function does not recompile. With the default
     `EpsPrediction()` the network's output is returned as it is (also for masked models, whose output is logits).
+
+    Mixed precision (THEORY §15): a network may compute in bfloat16 (`vdmpp.nn.Precision`); its output is read
+    in float32 (cast up if narrower), so the parameterisation conversion and everything the loss does after it
+    (α/σ, the weighting, cross-entropies, the reduction) stay float32.
 
     Args:
         model: a network called as `model(z, lam, *, [label,] key, inference)`.
@@ -67,7 +79,8 @@ class ModelDenoiser(eqx.Module):
         label = self.label if label is None else label
         kwargs = {} if label is None else {"label": label}
         out = self.model(z, lam, key=key, inference=self.inference, **kwargs)  # pyright: ignore[reportCallIssue]
-        return self.parameterisation.to_eps(z, out, lam)
+        with jax.named_scope("parameterisation"):  # a float32 island (THEORY §15), whatever the network computes in
+            return self.parameterisation.to_eps(z, at_least_float32(out), lam)
 
 
 def as_denoiser(

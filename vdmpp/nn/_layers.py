@@ -233,10 +233,15 @@ class GroupNorm(eqx.Module):
 
 
 def attention(q: Float[Array, "L h d"], k: Float[Array, "L h d"], v: Float[Array, "L h d"]) -> Float[Array, "L h d"]:
-    """Bidirectional multi-head attention with `jax.nn.dot_product_attention`, whose logits and softmax are
-    float32 for bfloat16 inputs (THEORY §15)."""
-    with jax.numpy_dtype_promotion("standard"):  # it promotes bfloat16 to its float32 logits internally
-        return jax.nn.dot_product_attention(q, k, v)
+    """Bidirectional multi-head attention: logits (accumulated in float32) and softmax in float32 for any compute
+    dtype (THEORY §15), the probabilities cast back to the compute dtype for the product with the values.
+
+    Written out (not `jax.nn.dot_product_attention`, whose gradient mixes float32 and bfloat16 implicitly).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("hqk,khd->qhd", probs.astype(v.dtype), v)
 
 
 class SelfAttention(eqx.Module):

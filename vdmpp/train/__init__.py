@@ -27,10 +27,23 @@ from ._optim import (
     WarmupConstant as WarmupConstant,
     WarmupCosine as WarmupCosine,
 )
+from ._posthoc import (
+    gamma_to_sigma_rel as gamma_to_sigma_rel,
+    posthoc_coefficients as posthoc_coefficients,
+    PostHocEMA as PostHocEMA,
+    profile_inner_product as profile_inner_product,
+    sigma_rel_to_gamma as sigma_rel_to_gamma,
+)
 from ._sharding import (
     make_mesh as make_mesh,
     replicate_to_host as replicate_to_host,
     Sharding as Sharding,
+)
+from ._snapshots import (
+    EMASnapshot as EMASnapshot,
+    load_ema_snapshots as load_ema_snapshots,
+    reconstruct_ema as reconstruct_ema,
+    save_ema_snapshot as save_ema_snapshot,
 )
 from ._step import (
     init_train_state as init_train_state,

@@ -3,6 +3,7 @@ r"""The VDM++ weighted loss (K&G eq. 5–7) as a training objective, with a fixe
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 
@@ -95,7 +96,8 @@ class GaussianLoss(AbstractLoss):
         r"""The $-$ELBO in bits/dim (`vdmpp.losses.elbo_bpd`) with the model in inference mode.
 
         The diffusion term is estimated with $\lambda$ uniform on the schedule's range (an unbiased estimate
-        for any schedule, since the loss is invariant to it; THEORY §3).
+        for any schedule, since the loss is invariant to it; THEORY §3). Traced at
+        `jax.default_matmul_precision("highest")` (THEORY §15).
         """
         del sched_state
         # Importance sampler for the ELBO (w = 1): uniform in lambda over the same range. Its importance
@@ -103,7 +105,8 @@ class GaussianLoss(AbstractLoss):
         # error does not decay at high SNR (a cosine sampler's weight 1/p(lambda) explodes there).
         schedule = LinearLogSNR(lam_min=float(self.schedule.lam_min), lam_max=float(self.schedule.lam_max))
         denoiser = ModelDenoiser(model, self.parameterisation)
-        return elbo_bpd(denoiser, batch["x"], key=key, schedule=schedule, num_levels=self.num_levels)
+        with jax.default_matmul_precision("highest"):  # likelihoods at full float32 matmul precision (THEORY §15)
+            return elbo_bpd(denoiser, batch["x"], key=key, schedule=schedule, num_levels=self.num_levels)
 
     def sample(self, model: Any, sched_state: Any, *, key: PRNGKeyArray, shape: tuple[int, ...], num_steps: int):
         """Ancestral samples (THEORY §7) decoded to integer levels by the ELBO's discretised decoder."""

@@ -17,10 +17,12 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_bytes, atomic_write_json
 from .._misc import check_nonnegative_int, check_positive_int
+from ..data import RecordArray
 from ._checkpoint import Checkpointer, CheckpointError
 from ._metrics import image_grid, MetricsLogger, run_plots, save_png
 from ._objective import AbstractLoss
 from ._sharding import make_mesh, replicate_to_host, Sharding
+from ._snapshots import check_posthoc_settings, posthoc_of, write_state_snapshot
 from ._step import init_train_state, make_train_step, TrainState
 from ._workdir import claim_workdir
 
@@ -49,6 +51,10 @@ class LoopConfig:
         eval_repeats: Monte Carlo samples of the bound per test example (averaged).
         tensorboard: write TensorBoard events.
         progress: show a tqdm bar.
+        posthoc_sigma_rels: relative widths of the power-function EMAs to track for post-hoc EMA
+            (`PostHocEMA`; THEORY §13); empty: none.
+        snapshot_every: with post-hoc EMA, write its EMAs to `WORKDIR/ema_snapshots/` every this many steps
+            (and at the end); the folder is never pruned.
     """
 
     steps: int
@@ -66,6 +72,8 @@ class LoopConfig:
     eval_repeats: int = 4
     tensorboard: bool = True
     progress: bool = True
+    posthoc_sigma_rels: tuple[float, ...] = ()
+    snapshot_every: int = 500
 
     def __post_init__(self):
         positive = ("steps", "checkpoint_every", "log_every", "max_consecutive_skips", "max_to_keep", "accum_steps")
@@ -76,6 +84,7 @@ class LoopConfig:
             check_nonnegative_int(getattr(self, name), name, hint)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1); got {self.ema_decay}.")
+        check_posthoc_settings(self.posthoc_sigma_rels, self.snapshot_every)
 
 
 @eqx.filter_jit
@@ -86,7 +95,7 @@ def _eval_bpd(model, loss: AbstractLoss, batch, key, sched_state):
 def evaluate_bpd(
     model: Any,
     loss: AbstractLoss,
-    data: np.ndarray,
+    data: np.ndarray | RecordArray,
     *,
     key,
     sched_state,
@@ -94,7 +103,8 @@ def evaluate_bpd(
     repeats: int = 1,
     sharding: Sharding | None = None,
 ) -> float:
-    """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array) and `repeats` draws, in fixed-size batches."""
+    """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array) and `repeats` draws, in fixed-size batches,
+    at `jax.default_matmul_precision("highest")` (THEORY §15)."""
     data = np.asarray(data)
     n = data.shape[0]
     if n == 0:
@@ -112,7 +122,8 @@ def evaluate_bpd(
         full = np.resize(data, (b,) + data.shape[1:])
         full[slots] = chunk
         x = jnp.asarray(full) if sharding is None else sharding.replicate(full)
-        bpd = replicate_to_host(_eval_bpd(model, loss, {"x": x}, jr.fold_in(key, i), sched_state))
+        with jax.default_matmul_precision("highest"):  # likelihoods at full float32 matmul precision (THEORY §15)
+            bpd = replicate_to_host(_eval_bpd(model, loss, {"x": x}, jr.fold_in(key, i), sched_state))
         total += float(np.sum(np.asarray(bpd)[slots]))
     return total / (n * repeats)
 
@@ -130,7 +141,7 @@ def fit(
     resume: bool = False,
     resume_from: int | None = None,
     overwrite: bool = False,
-    test_data: np.ndarray | None = None,
+    test_data: np.ndarray | RecordArray | None = None,
     num_levels: int | None = None,
     sample_shape: tuple[int, ...] | None = None,
     sample_steps: int = 250,
@@ -154,7 +165,8 @@ def fit(
             checkpoint is an error, never skipped.
         resume_from: continue from this checkpoint step instead (implies `resume`); newer checkpoints are deleted.
         overwrite: delete an earlier run's outputs in `workdir` instead of refusing the folder.
-        test_data: integer test set for the periodic bits/dim (EMA model); `None` to skip.
+        test_data: integer test set for the periodic bits/dim (EMA model; a lazily read `RecordArray` is read
+            only up to `loop.eval_examples`); `None` to skip.
         num_levels: levels of the data (for the PNG grid).
         sample_shape: `(num_samples, *example)` to draw samples of the EMA model with `loss.sample` (PNG grids of
             images); `None` for no samples.
@@ -215,8 +227,9 @@ def _fit(
     if resume_from is not None and not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
         raise CheckpointError(f"No checkpoint in {ckpt_dir}; --resume-from {resume_from} has nothing to resume.")
     ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, free_keys=("run",))
+    posthoc = posthoc_of(loop.posthoc_sigma_rels)
     try:
-        state = init_train_state(model, optimizer, loss, key=key)
+        state = init_train_state(model, optimizer, loss, key=key, posthoc=posthoc)
         start_step = None
         if resume and (ckpt.all_steps() or ckpt.damaged_steps()):
             state, data_state, start_step = ckpt.restore(state, config=config, step=resume_from)
@@ -235,7 +248,7 @@ def _fit(
         ckpt.close()
         raise
     train_step = make_train_step(
-        loss, optimizer, ema_decay=loop.ema_decay, accum_steps=loop.accum_steps, sharding=sharding
+        loss, optimizer, ema_decay=loop.ema_decay, accum_steps=loop.accum_steps, sharding=sharding, posthoc=posthoc
     )
     state = sharding.shard_state(state)
     iterator = iter(dataset)
@@ -298,6 +311,8 @@ def _fit(
             if sample_shape is not None and loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
                 path = workdir / f"samples_{step:06d}.png"
                 _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
+            if posthoc is not None and (step % loop.snapshot_every == 0 or step == loop.steps):
+                write_state_snapshot(workdir, step, state, posthoc)  # before the checkpoint: a resume replays it
             if step % loop.checkpoint_every == 0 or step == loop.steps:
                 ckpt.save(step, state, data_state=iterator.get_state(), config=config)  # type: ignore[attr-defined]
         bar.close()
@@ -345,9 +360,9 @@ def _finished_summary(workdir: pathlib.Path, step: int, steps: int) -> dict | No
 
 
 def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop: LoopConfig, sharding) -> float:
-    data = np.asarray(data)
-    if loop.eval_examples:
+    if loop.eval_examples:  # slice first: a lazily read RecordArray then reads only these records
         data = data[: loop.eval_examples]
+    data = np.asarray(data)
     bpd = evaluate_bpd(
         state.ema_model(),
         loss,

@@ -4,6 +4,7 @@ import math
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 
@@ -81,10 +82,12 @@ class MaskedLoss(AbstractLoss):
         )
 
     def bits_per_dim(self, model: Any, batch: Batch, *, key: PRNGKeyArray, sched_state: Any) -> Float[Array, " batch"]:
-        """The $-$ELBO (`vdmpp.masked.elbo`) in bits per token, model in inference mode."""
+        """The $-$ELBO (`vdmpp.masked.elbo`) in bits per token, model in inference mode, traced at
+        `jax.default_matmul_precision("highest")` (THEORY §15)."""
         del sched_state
         tokens = self._tokens(batch)
-        nats = elbo(ModelDenoiser(model), tokens, key=key, schedule=self.schedule, mask_id=self.mask_id)
+        with jax.default_matmul_precision("highest"):  # likelihoods at full float32 matmul precision (THEORY §15)
+            nats = elbo(ModelDenoiser(model), tokens, key=key, schedule=self.schedule, mask_id=self.mask_id)
         return nats / (math.prod(tokens.shape[1:]) * math.log(2.0))
 
     def sample(self, model: Any, sched_state: Any, *, key: PRNGKeyArray, shape: tuple[int, ...], num_steps: int):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 
 DATA_AXES = ("data", "fsdp")
@@ -41,11 +41,13 @@ class Sharding(eqx.Module):
     """How the batch and the train state are laid out on a mesh.
 
     Args:
-        mesh: a mesh with axes `("data", "fsdp")` (see `make_mesh`).
+        mesh: a mesh with axes `("data", "fsdp")` (see `make_mesh`). A `jax.sharding.AbstractMesh` of any size
+            answers layout questions without devices (`leaf`, `state_shardings`, e.g. for capacity planning:
+            `leaf(x).shard_shape(x.shape)`), but cannot place arrays.
         fsdp_min_size: arrays with fewer elements stay replicated even when `fsdp > 1`.
     """
 
-    mesh: Mesh = eqx.field(static=True)
+    mesh: Mesh | AbstractMesh = eqx.field(static=True)
     fsdp_min_size: int = eqx.field(static=True, default=2**14)
 
     def __check_init__(self):
@@ -57,7 +59,7 @@ class Sharding(eqx.Module):
     @property
     def num_batch_shards(self) -> int:
         """The number of slices the global batch is split into (all devices)."""
-        return math.prod(self.mesh.devices.shape)
+        return self.mesh.size
 
     @property
     def batch(self) -> NamedSharding:

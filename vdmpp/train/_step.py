@@ -1,7 +1,7 @@
 r"""The train state and the one training step: `make_train_step` builds it on `jax.jit` with the state donated.
 
 One step does: loss + gradients (optionally accumulated over micro-batches), a NaN guard, the optax update,
-the EMA update and the schedule update. The state is all arrays (the model's non-array part is a static field,
+the EMA update, the post-hoc power-function EMAs (optional, `PostHocEMA`) and the schedule update. The state is all arrays (the model's non-array part is a static field,
 set once by `init_train_state`), so `jax.jit` dispatches it directly and donates its buffers: the step updates
 the state in place. It is the same code on one CPU and on a mesh of devices (one or many processes): the batch
 arrives sharded, the state replicated or FSDP-split, and the output state is constrained to that layout so the
@@ -20,6 +20,7 @@ import optax
 from .._misc import check_instance, check_positive_int
 from .._types import Array, Int, PRNGKeyArray
 from ._objective import AbstractLoss, Batch
+from ._posthoc import PostHocEMA
 from ._sharding import Sharding
 
 
@@ -56,6 +57,8 @@ class TrainState(eqx.Module):
         key: the run's base key; the step's key is derived from it and the counters.
         skips: consecutive steps rejected by the NaN guard (reset by an applied step).
         total_skips: all steps rejected by the NaN guard.
+        phema: the post-hoc power-function EMAs of the trainable leaves, one per profile of the step's
+            `PostHocEMA` (empty without post-hoc EMA).
     """
 
     params: Any
@@ -67,6 +70,7 @@ class TrainState(eqx.Module):
     skips: Int[Array, ""]
     total_skips: Int[Array, ""]
     skeleton: _Skeleton = eqx.field(static=True)
+    phema: tuple[Any, ...] = ()  # last, with a default: a state without post-hoc EMA has the old leaf order
 
     @property
     def model(self) -> Any:
@@ -77,11 +81,23 @@ class TrainState(eqx.Module):
         """The network with its trainable leaves replaced by their EMA (for evaluation and sampling)."""
         return eqx.combine(self.ema, self.params, self.skeleton.tree, is_leaf=lambda x: x is None)
 
+    def phema_model(self, index: int) -> Any:
+        """The network with its trainable leaves replaced by post-hoc EMA number `index` (see `PostHocEMA`)."""
+        return eqx.combine(self.phema[index], self.params, self.skeleton.tree, is_leaf=lambda x: x is None)
+
 
 def init_train_state(
-    model: Any, optimizer: optax.GradientTransformation, loss: AbstractLoss, *, key: PRNGKeyArray
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    loss: AbstractLoss,
+    *,
+    key: PRNGKeyArray,
+    posthoc: PostHocEMA | None = None,
 ) -> TrainState:
-    """Build the initial `TrainState`: optimiser state, EMA = parameters, schedule state, counters at 0."""
+    """Build the initial `TrainState`: optimiser state, EMA = parameters, schedule state, counters at 0.
+
+    With `posthoc` (a `PostHocEMA`), the state also holds one power-function EMA per profile (`phema`).
+    """
     check_instance(loss, AbstractLoss, "loss", "vd.train.GaussianLoss(...)")
     params, skeleton = eqx.partition(model, eqx.is_array)
     trainable = eqx.filter(params, eqx.is_inexact_array)
@@ -101,13 +117,15 @@ def init_train_state(
         skips=jnp.zeros((), jnp.int32),
         total_skips=jnp.zeros((), jnp.int32),
         skeleton=_Skeleton(skeleton),
+        phema=() if posthoc is None else posthoc.init(trainable),
     )
 
 
 def _loss_and_grads(model, batch, key, sched_state, loss: AbstractLoss, accum_steps: int):
     def mean_loss(trainable, rest, mb, k):
         per_example, aux = loss(eqx.combine(trainable, rest), mb, key=k, sched_state=sched_state)
-        return jnp.mean(per_example), aux
+        with jax.named_scope("loss_reduction"):  # float32 (THEORY §15): the per-example losses are float32
+            return jnp.mean(per_example), aux
 
     trainable, rest = eqx.partition(model, eqx.is_inexact_array)
     grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
@@ -140,6 +158,7 @@ def _step(
     ema_decay: float,
     accum_steps: int,
     sharding: Sharding | None,
+    posthoc: PostHocEMA | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     n = jtu.tree_leaves(batch)[0].shape[0]
     if n % accum_steps:
@@ -154,11 +173,15 @@ def _step(
         trainable, rest = eqx.partition(state.params, eqx.is_inexact_array)
 
         def apply(operands):
-            trainable, opt_state, ema, sched_state = operands
+            trainable, opt_state, ema, phema, sched_state = operands
             updates, opt_state = optimizer.update(grads, opt_state, trainable)
             trainable = jtu.tree_map(lambda p, u: p + u, trainable, updates)
             ema = jtu.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, trainable)
-            return trainable, opt_state, ema, loss.update_schedule(sched_state, aux)
+            if posthoc is not None:  # power-function EMAs, beta from the step count this update would reach
+                phema = posthoc.update(phema, trainable, state.step + one)
+            with jax.named_scope("schedule_update"):  # the adaptive histogram: float32
+                sched_state = loss.update_schedule(sched_state, aux)
+            return trainable, opt_state, ema, phema, sched_state
 
         def skip(operands):
             return operands
@@ -166,8 +189,8 @@ def _step(
         # The guard is a branch, not a select per leaf: with the state donated, a select that reads the old
         # optimiser moments after they are updated in place makes XLA copy every moment first (a 10-20 % slower
         # step on the CPU); under a branch each buffer is updated in place once.
-        new_trainable, opt_state, ema, sched_state = jax.lax.cond(
-            finite, apply, skip, (trainable, state.opt_state, state.ema, state.sched_state)
+        new_trainable, opt_state, ema, phema, sched_state = jax.lax.cond(
+            finite, apply, skip, (trainable, state.opt_state, state.ema, state.phema, state.sched_state)
         )
         bad = (~finite).astype(jnp.int32)
         new_state = TrainState(
@@ -180,6 +203,7 @@ def _step(
             skips=(state.skips + one) * bad,
             total_skips=state.total_skips + bad,
             skeleton=state.skeleton,
+            phema=phema,
         )
     if sharding is not None:
         new_state = sharding.constrain(new_state)
@@ -211,13 +235,16 @@ class TrainStep:
         ema_decay: float,
         accum_steps: int = 1,
         sharding: Sharding | None = None,
+        posthoc: PostHocEMA | None = None,
     ):
         check_instance(loss, AbstractLoss, "loss", "vd.train.GaussianLoss(...)")
         check_positive_int(accum_steps, "accum_steps")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"`ema_decay` must lie in [0, 1); got {ema_decay}.")
+        if posthoc is not None:
+            check_instance(posthoc, PostHocEMA, "posthoc", "vd.train.PostHocEMA((0.05, 0.1))")
         self.loss, self.optimizer, self.ema_decay = loss, optimizer, float(ema_decay)
-        self.accum_steps, self.sharding = accum_steps, sharding
+        self.accum_steps, self.sharding, self.posthoc = accum_steps, sharding, posthoc
 
         def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
             return _step(
@@ -228,6 +255,7 @@ class TrainStep:
                 ema_decay=self.ema_decay,
                 accum_steps=accum_steps,
                 sharding=sharding,
+                posthoc=posthoc,
             )
 
         self._jit = jax.jit(step, donate_argnums=0)
@@ -248,6 +276,7 @@ def make_train_step(
     ema_decay: float,
     accum_steps: int = 1,
     sharding: Sharding | None = None,
+    posthoc: PostHocEMA | None = None,
 ) -> TrainStep:
     """Build the jitted training step (see `TrainStep`).
 
@@ -257,5 +286,7 @@ def make_train_step(
         ema_decay: EMA decay in $[0, 1)$.
         accum_steps: split each batch into this many micro-batches and average their gradients.
         sharding: a `vdmpp.train.Sharding`; the output state is constrained to its layout.
+        posthoc: update the state's power-function EMAs (`PostHocEMA`; the state must come from
+            `init_train_state(..., posthoc=)` with the same profiles).
     """
-    return TrainStep(loss, optimizer, ema_decay=ema_decay, accum_steps=accum_steps, sharding=sharding)
+    return TrainStep(loss, optimizer, ema_decay=ema_decay, accum_steps=accum_steps, sharding=sharding, posthoc=posthoc)

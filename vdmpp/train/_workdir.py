@@ -26,7 +26,7 @@ import numpy as np
 LOCK_NAME = "run.lock"
 """The lock file inside a run's folder."""
 
-RESULTS = ("summary.json", "metrics.jsonl", "checkpoints")
+RESULTS = ("summary.json", "metrics.jsonl", "checkpoints", "ema_snapshots")
 """Entries that mark a folder as holding an earlier run's results."""
 
 RUN_OUTPUTS = RESULTS + (
@@ -38,8 +38,10 @@ RUN_OUTPUTS = RESULTS + (
     "samples_*.png",
     "samples.txt",
     "samples_*.txt",
+    "posthoc_ema",
 )
-"""Everything `fit` writes into a run's folder (glob patterns); `overwrite=True` deletes exactly these."""
+"""Everything `fit` writes into a run's folder, and `posthoc_ema.py`'s results derived from it (glob patterns);
+`overwrite=True` deletes exactly these."""
 
 
 class WorkdirError(RuntimeError):
