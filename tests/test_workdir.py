@@ -18,7 +18,7 @@ import pytest
 import tyro
 import vdmpp as vd
 
-from _train_standins import build, CONFIG
+from _train_standins import build, CONFIG, POSTHOC
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _state_arrays(workdir: pathlib.Path, like, step: int) -> list[np.ndarray]:
 
 def test_second_run_is_refused_and_first_is_bitwise_a_run_alone(tmp_path, capsys):
     steps, every = 6, 3
-    model, loss, opt, loop, ds = build(steps, every)
+    model, loss, opt, loop, ds = build(steps, every, posthoc=True)  # as the stand-in script's run
     alone, shared = tmp_path / "alone", tmp_path / "shared"
     vd.train.fit(model, loss, opt, ds, loop=loop, workdir=alone, config=CONFIG, key=jr.key(7), sharding=_one_device())
 
@@ -84,7 +84,7 @@ def test_second_run_is_refused_and_first_is_bitwise_a_run_alone(tmp_path, capsys
             first.kill()
     assert not (shared / "run.lock").exists(), "released at the end"
 
-    like = vd.train.init_train_state(model, opt, loss, key=jr.key(7))
+    like = vd.train.init_train_state(model, opt, loss, key=jr.key(7), posthoc=vd.train.PostHocEMA(POSTHOC))
     a, b = _state_arrays(alone, like, steps), _state_arrays(shared, like, steps)
     assert len(a) == len(b) > 5 and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
     metrics = [(alone / "metrics.jsonl").read_text(), (shared / "metrics.jsonl").read_text()]
