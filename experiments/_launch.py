@@ -45,6 +45,9 @@ class RunConfig:
     eval_every: int = 500
     eval_examples: int = 0
     """Test examples for the periodic evaluation (0: all)."""
+    eval_samples: int = 512
+    """Samples of the EMA model scored at every evaluation (FD, KID, precision/recall, classifier confidence
+    for labelled images; generative perplexity for text); 0: none."""
     sample_every: int = 0
     num_samples: int = 64
     sample_steps: int = 250
@@ -121,6 +124,7 @@ RUN_FIELDS = frozenset(
         "checkpoint_every",
         "eval_every",
         "eval_examples",
+        "eval_samples",
         "sample_every",
         "num_samples",
         "sample_steps",

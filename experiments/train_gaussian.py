@@ -20,7 +20,7 @@ import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _launch  # noqa: E402  (plumbing shared with train_masked.py)
+from experiments import _evaluation, _launch  # noqa: E402  (plumbing shared with train_masked.py)
 from experiments._launch import RunConfig  # noqa: E402
 
 
@@ -193,6 +193,7 @@ def main(cfg: Config) -> dict:
     )
     optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
     levels = data.num_levels
+    evaluation = _evaluation.sample_evaluation(data, num_samples=cfg.eval_samples, progress=cfg.progress)
     summary = vd.train.fit(
         model,
         loss,
@@ -207,9 +208,11 @@ def main(cfg: Config) -> dict:
         num_levels=levels,
         sample_shape=(cfg.num_samples, *data.example_shape),
         sample_steps=cfg.sample_steps,
+        evaluate_samples=evaluation,
     )
     bpd, uniform = summary["test_bpd"], float(np.log2(levels))
     headline = f"test bits/dim (-ELBO, EMA model): {bpd:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})"
+    headline += _evaluation.describe(summary)
     _launch.print_outputs(cfg.workdir, summary, headline)
     return summary
 

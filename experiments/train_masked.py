@@ -19,7 +19,7 @@ import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _launch  # noqa: E402  (plumbing shared with train_gaussian.py)
+from experiments import _evaluation, _launch  # noqa: E402  (plumbing shared with train_gaussian.py)
 from experiments._launch import RunConfig  # noqa: E402
 
 
@@ -125,6 +125,7 @@ def main(cfg: Config) -> dict:
         schedule, build_weighting(cfg, schedule), mask_id=vocab, importance=build_importance(cfg, lam_range)
     )
     optimizer, dataset, loop = _launch.training_setup(cfg, train)
+    evaluation = _evaluation.sample_evaluation(data, num_samples=cfg.eval_samples, progress=cfg.progress)
     vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 
     def decode_text(samples: np.ndarray) -> str:
@@ -145,11 +146,11 @@ def main(cfg: Config) -> dict:
         sample_shape=(cfg.num_samples, *example_shape),
         sample_steps=cfg.sample_steps,
         decode_text=None if data.kind == "image" else decode_text,
+        evaluate_samples=evaluation,
     )
     uniform = f"uniform: log2({vocab}) = {np.log2(vocab):.2f}"
-    _launch.print_outputs(
-        cfg.workdir, summary, f"test bits per token (-ELBO, EMA model): {summary['test_bpd']:.3f}  ({uniform})"
-    )
+    headline = f"test bits per token (-ELBO, EMA model): {summary['test_bpd']:.3f}  ({uniform})"
+    _launch.print_outputs(cfg.workdir, summary, headline + _evaluation.describe(summary))
     return summary
 
 

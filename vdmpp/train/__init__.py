@@ -27,6 +27,7 @@ from ._optim import (
     WarmupConstant as WarmupConstant,
     WarmupCosine as WarmupCosine,
 )
+from ._sample_eval import SampleEvaluation as SampleEvaluation
 from ._sharding import (
     make_mesh as make_mesh,
     replicate_to_host as replicate_to_host,

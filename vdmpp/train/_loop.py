@@ -20,6 +20,13 @@ from .._misc import check_positive_int
 from ._checkpoint import Checkpointer
 from ._metrics import image_grid, MetricsLogger, save_figure, save_png
 from ._objective import AbstractLoss
+from ._sample_eval import (
+    check_evaluation,
+    evaluate_samples as _score_samples,
+    jit_sample as _sample,
+    quality_plot,
+    SampleEvaluation,
+)
 from ._sharding import make_mesh, replicate_to_host, Sharding
 from ._step import init_train_state, make_train_step, TrainState
 
@@ -166,6 +173,7 @@ def fit(
     sample_steps: int = 250,
     decode_text: Callable[[np.ndarray], str] | None = None,
     sharding: Sharding | None = None,
+    evaluate_samples: SampleEvaluation | None = None,
 ) -> dict:
     """Train `model` on `dataset` with `loss`, checkpointing, logging and evaluating; return the summary.
 
@@ -188,6 +196,8 @@ def fit(
         sample_steps: sampler steps.
         decode_text: turns the samples (token ids) into text written to `samples*.txt` instead of a PNG.
         sharding: device layout (default: data parallel over all devices).
+        evaluate_samples: sample quality of the EMA model at every evaluation and at the end (see
+            [`vdmpp.train.SampleEvaluation`][]); its final numbers go into the summary.
 
     Raises:
         ValueError: if `workdir` already has checkpoints and `resume` is false, or the data yields no batch.
@@ -204,6 +214,7 @@ def fit(
             "or choose a new --workdir."
         )
     json.dumps(config)
+    example_shape = check_evaluation(evaluate_samples, test_data, sample_shape, sample_steps)
     ckpt = Checkpointer(ckpt_dir, max_to_keep=loop.max_to_keep, free_keys=("run",))
     state = init_train_state(model, optimizer, loss, key=key)
     train_step = make_train_step(
@@ -231,6 +242,22 @@ def fit(
     t_start = time.perf_counter()
     skipped_total = int(state.total_skips)
     last_loss = None
+    quality_names: list[str] = []
+
+    def quality(evaluation: SampleEvaluation, step: int) -> dict[str, float]:  # logged (kind "eval")
+        out = _score_samples(
+            evaluation,
+            loss,
+            state,
+            key=key,
+            step=step,
+            shape=example_shape,
+            logger=logger,
+            default_steps=sample_steps,
+        )
+        quality_names[:] = list(out)
+        return out
+
     try:
         while step < loop.steps:
             try:
@@ -267,6 +294,8 @@ def fit(
             if test_data is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
                 last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
                 logger.log(step, {"test_bpd": last_bpd}, kind="eval")
+            if evaluate_samples is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
+                quality(evaluate_samples, step)
             if sample_shape is not None and loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
                 path = workdir / f"samples_{step:06d}.png"
                 _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
@@ -282,6 +311,7 @@ def fit(
             path = workdir / "samples.png"
             name = _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
             files.append(name)
+        final_quality = {} if evaluate_samples is None else quality(evaluate_samples, step)
         summary = {
             "steps": step,
             "test_bpd": last_bpd,
@@ -292,9 +322,11 @@ def fit(
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "config": config,
+            **final_quality,
         }
         if is_main:
             files += _plots(workdir, logger, loss, state.sched_state)
+            files += [name for name in [quality_plot(workdir, logger, quality_names)] if name]
             summary["files"] = files
             atomic_write_json(workdir / "summary.json", summary)
         return summary
@@ -316,11 +348,6 @@ def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop:
         sched_state=state.sched_state,
         batch_size=loop.eval_batch,
     )
-
-
-@eqx.filter_jit
-def _sample(loss: AbstractLoss, model, sched_state, key, shape: tuple[int, ...], num_steps: int):
-    return loss.sample(model, sched_state, key=key, shape=shape, num_steps=num_steps)
 
 
 def _write_samples(path, state: TrainState, loss, shape, num_steps, decode_text, key, step: int, num_levels) -> str:
