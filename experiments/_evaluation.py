@@ -39,6 +39,7 @@ def image_evaluation(
     progress: bool = True,
     classifier: vd.metrics.ClassifierConfig = vd.metrics.ClassifierConfig(),
     cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 256,
 ) -> vd.train.SampleEvaluation:
     """FD, KID, precision, recall and classifier confidence of samples against the test set (labelled images)."""
     path = vd.metrics.feature_network_path(data, config=classifier, cache_dir=cache_dir)
@@ -50,11 +51,11 @@ def image_evaluation(
     def score(samples: np.ndarray) -> dict[str, float]:
         return image_scores(vd.metrics.sample_quality(samples, reference, extractor=net))
 
-    return vd.train.SampleEvaluation(score, num_samples, num_steps)
+    return vd.train.SampleEvaluation(score, num_samples, num_steps, batch_size)
 
 
 def text_evaluation(
-    data: vd.data.Dataset, *, num_samples: int, num_steps: int | None = None, order: int = 4
+    data: vd.data.Dataset, *, num_samples: int, num_steps: int | None = None, order: int = 4, batch_size: int = 256
 ) -> vd.train.SampleEvaluation:
     """Generative perplexity under a character n-gram fitted on the training text, with unigram entropies."""
     vocab = int(data.num_levels or 0)
@@ -73,13 +74,22 @@ def text_evaluation(
             "eval_samples": float(q.n),
         }
 
-    return vd.train.SampleEvaluation(score, num_samples, num_steps)
+    return vd.train.SampleEvaluation(score, num_samples, num_steps, batch_size)
 
 
 def sample_evaluation(
-    data: vd.data.Dataset, *, num_samples: int, num_steps: int | None = None, progress: bool = True
+    data: vd.data.Dataset,
+    *,
+    num_samples: int,
+    num_steps: int | None = None,
+    progress: bool = True,
+    batch_size: int = 256,
 ) -> vd.train.SampleEvaluation | None:
-    """The evaluation that suits `data` (`None` when `num_samples` is 0 or the images have no labels)."""
+    """The evaluation that suits `data` (`None` when `num_samples` is 0 or the images have no labels).
+
+    `batch_size`: samples per jitted sampler call; the scripts pass their sample grid's size, so the grid and
+    the evaluation share one compilation.
+    """
     if not isinstance(num_samples, int) or num_samples < 0:
         raise ValueError(
             f"`--eval-samples` must be an integer >= 0 (0: no sample-quality metrics); got {num_samples!r}."
@@ -87,9 +97,11 @@ def sample_evaluation(
     if num_samples == 0:
         return None
     if data.kind == "text":
-        return text_evaluation(data, num_samples=num_samples, num_steps=num_steps)
+        return text_evaluation(data, num_samples=num_samples, num_steps=num_steps, batch_size=batch_size)
     if data.kind == "image" and data.train_labels is not None and data.test_labels is not None:
-        return image_evaluation(data, num_samples=num_samples, num_steps=num_steps, progress=progress)
+        return image_evaluation(
+            data, num_samples=num_samples, num_steps=num_steps, progress=progress, batch_size=batch_size
+        )
     print(f"{data.name}: no class labels, so no feature classifier; sample-quality metrics are skipped.")
     return None
 

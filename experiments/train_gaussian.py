@@ -193,7 +193,9 @@ def main(cfg: Config) -> dict:
     )
     optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
     levels = data.num_levels
-    evaluation = _evaluation.sample_evaluation(data, num_samples=cfg.eval_samples, progress=cfg.progress)
+    evaluation = _evaluation.sample_evaluation(
+        data, num_samples=cfg.eval_samples, progress=cfg.progress, batch_size=cfg.num_samples
+    )
     summary = vd.train.fit(
         model,
         loss,

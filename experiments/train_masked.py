@@ -35,7 +35,7 @@ class Config(RunConfig):
     schedule: Literal["linear", "cosine", "polynomial", "geometric"] = "linear"
     schedule_param: float = 2.0
     """k of polynomial (ignored otherwise)."""
-    weighting: Literal["elbo", "sigmoid", "simple", "flow_matching", "edm_monotonic"] = "elbo"
+    weighting: Literal["elbo", "sigmoid", "simple", "flow_matching", "edm_monotonic", "iddpm", "edm"] = "elbo"
     weighting_param: float = 0.0
     """k of sigmoid."""
     importance: Literal["none", "adaptive"] = "none"
@@ -72,6 +72,8 @@ def build_weighting(cfg: Config, schedule: vd.masked.AbstractMaskingSchedule) ->
         "simple": lambda: vd.masked.Simple(schedule),
         "flow_matching": lambda: w.FlowMatching(),
         "edm_monotonic": lambda: w.EDMMonotonic(),
+        "iddpm": lambda: w.IDDPM(),
+        "edm": lambda: w.EDM(),
     }
     return table[cfg.weighting]()
 
@@ -125,7 +127,9 @@ def main(cfg: Config) -> dict:
         schedule, build_weighting(cfg, schedule), mask_id=vocab, importance=build_importance(cfg, lam_range)
     )
     optimizer, dataset, loop = _launch.training_setup(cfg, train)
-    evaluation = _evaluation.sample_evaluation(data, num_samples=cfg.eval_samples, progress=cfg.progress)
+    evaluation = _evaluation.sample_evaluation(
+        data, num_samples=cfg.eval_samples, progress=cfg.progress, batch_size=cfg.num_samples
+    )
     vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 
     def decode_text(samples: np.ndarray) -> str:

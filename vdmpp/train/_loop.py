@@ -239,7 +239,7 @@ def fit(
         last_bpd = float(bpd_v[-1])
     bar = tqdm(total=loop.steps, initial=step, disable=not (loop.progress and is_main), dynamic_ncols=True)
     t_last, s_last, steps_per_s = time.perf_counter(), step, float("nan")
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     skipped_total = int(state.total_skips)
     last_loss = None
     quality_names: list[str] = []
@@ -302,7 +302,7 @@ def fit(
             if step % loop.checkpoint_every == 0 or step == loop.steps:
                 ckpt.save(step, state, data_state=iterator.get_state(), config=config)  # type: ignore[attr-defined]
         bar.close()
-        train_seconds = time.perf_counter() - t_start
+        train_seconds, train_cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
         files = ["metrics.jsonl", "checkpoints/"]
         if test_data is not None:
             last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
@@ -318,6 +318,7 @@ def fit(
             "final_train_loss": last_loss,
             "nan_guard_skips": skipped_total,
             "train_seconds_this_session": train_seconds,
+            "train_cpu_seconds_this_session": train_cpu,  # all threads: >= the wall time on an idle machine
             "resumed_from": start_step,
             "devices": jax.device_count(),
             "processes": jax.process_count(),

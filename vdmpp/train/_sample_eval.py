@@ -20,6 +20,7 @@ from ._sharding import replicate_to_host
 # summary entries the loop writes itself: a score may not reuse them
 _RESERVED = frozenset(
     {"steps", "test_bpd", "final_train_loss", "nan_guard_skips", "train_seconds_this_session", "resumed_from"}
+    | {"train_cpu_seconds_this_session"}
     | {"devices", "processes", "config", "files", "sample_eval_seconds"}
 )
 
