@@ -58,6 +58,9 @@ class RunConfig:
     eval_every: int = 500
     eval_examples: int = 0
     """Test examples for the periodic evaluation (0: all)."""
+    eval_samples: int = 512
+    """Samples of the EMA model scored at every evaluation (FD, KID, precision/recall, classifier confidence
+    for labelled images; generative perplexity for text); 0: none."""
     sample_every: int = 0
     num_samples: int = 64
     sample_steps: int = 250
@@ -120,7 +123,7 @@ def validate_run(cfg: RunConfig) -> None:
         raise _cli.ConfigError("`--resume`/`--resume-from` and `--overwrite` contradict each other; pass one of them.")
     _cli.at_least(cfg, 1, "steps", "checkpoint_every", "batch_size", "accum_steps", "fsdp", "num_samples")
     _cli.at_least(cfg, 1, "sample_steps")
-    _cli.at_least(cfg, 0, "warmup", "eval_every", "eval_examples", "sample_every")
+    _cli.at_least(cfg, 0, "warmup", "eval_every", "eval_examples", "eval_samples", "sample_every")
     _cli.at_least(cfg, 0, "seed")
     if cfg.seed >= 2**32:
         raise _cli.ConfigError(f"`--seed` must be below 2**32 (larger seeds collide with small ones); got {cfg.seed}.")
@@ -262,6 +265,7 @@ RUN_FIELDS = frozenset(
         "checkpoint_every",
         "eval_every",
         "eval_examples",
+        "eval_samples",
         "sample_every",
         "num_samples",
         "sample_steps",

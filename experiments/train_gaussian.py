@@ -23,7 +23,7 @@ import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _cli, _launch  # noqa: E402  (plumbing shared with train_masked.py)
+from experiments import _cli, _evaluation, _launch  # noqa: E402  (plumbing shared with the other script)
 from experiments._launch import RunConfig  # noqa: E402
 from experiments._presets import Preset  # noqa: E402
 
@@ -266,6 +266,9 @@ def main(cfg: Config) -> dict:
     with _launch.claim(cfg):
         cfg, data, model, loss, tkey = build_run(cfg)
         optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
+        evaluation = _evaluation.sample_evaluation(
+            data, num_samples=cfg.eval_samples, progress=cfg.progress, batch_size=cfg.num_samples
+        )
         summary = vd.train.fit(
             model,
             loss,
@@ -277,11 +280,13 @@ def main(cfg: Config) -> dict:
             num_levels=data.num_levels,
             sample_shape=(cfg.num_samples, *data.example_shape),
             sample_steps=cfg.sample_steps,
+            evaluate_samples=evaluation,
             **_launch.fit_options(cfg),
         )
     levels = data.num_levels
     bpd, uniform = summary["test_bpd"], float(np.log2(levels))
     headline = f"test bits/dim (-ELBO, EMA model): {bpd:.3f}  (uniform baseline log2({levels}) = {uniform:.2f})"
+    headline += _evaluation.describe(summary)
     _launch.print_outputs(cfg.workdir, summary, headline)
     return summary
 

@@ -20,7 +20,7 @@ import vdmpp as vd
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _cli, _launch  # noqa: E402  (plumbing shared with train_gaussian.py)
+from experiments import _cli, _evaluation, _launch  # noqa: E402  (plumbing shared with the other script)
 from experiments._launch import RunConfig  # noqa: E402
 from experiments._presets import Preset  # noqa: E402
 
@@ -37,7 +37,7 @@ class Config(RunConfig):
     schedule: Literal["linear", "cosine", "polynomial", "geometric"] = "linear"
     schedule_param: float = 2.0
     """k of polynomial (ignored otherwise)."""
-    weighting: Literal["elbo", "sigmoid", "simple", "flow_matching", "edm_monotonic"] = "elbo"
+    weighting: Literal["elbo", "sigmoid", "simple", "flow_matching", "edm_monotonic", "iddpm", "edm"] = "elbo"
     weighting_param: float = 0.0
     """k of sigmoid."""
     importance: Literal["none", "adaptive"] = "none"
@@ -74,6 +74,8 @@ def build_weighting(cfg: Config, schedule: vd.masked.AbstractMaskingSchedule) ->
         "simple": lambda: vd.masked.Simple(schedule),
         "flow_matching": lambda: w.FlowMatching(),
         "edm_monotonic": lambda: w.EDMMonotonic(),
+        "iddpm": lambda: w.IDDPM(),
+        "edm": lambda: w.EDM(),
     }
     return table[cfg.weighting]()
 
@@ -181,6 +183,9 @@ def main(cfg: Config) -> dict:
         train, test, vocab = tokens_of(data)
         example_shape = tuple(train.shape[1:])
         optimizer, dataset, loop = _launch.training_setup(cfg, train)
+        evaluation = _evaluation.sample_evaluation(
+            data, num_samples=cfg.eval_samples, progress=cfg.progress, batch_size=cfg.num_samples
+        )
         vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
 
         def decode_text(samples: np.ndarray) -> str:
@@ -198,12 +203,12 @@ def main(cfg: Config) -> dict:
             sample_shape=(cfg.num_samples, *example_shape),
             sample_steps=cfg.sample_steps,
             decode_text=None if data.kind == "image" else decode_text,
+            evaluate_samples=evaluation,
             **_launch.fit_options(cfg),
         )
     uniform = f"uniform: log2({vocab}) = {np.log2(vocab):.2f}"
-    _launch.print_outputs(
-        cfg.workdir, summary, f"test bits per token (-ELBO, EMA model): {summary['test_bpd']:.3f}  ({uniform})"
-    )
+    headline = f"test bits per token (-ELBO, EMA model): {summary['test_bpd']:.3f}  ({uniform})"
+    _launch.print_outputs(cfg.workdir, summary, headline + _evaluation.describe(summary))
     return summary
 
 

@@ -561,12 +561,17 @@ def test_experiment_end_to_end_writes_outputs(tmp_path):
         batch_size=32,
         num_samples=4,
         sample_steps=5,
+        eval_samples=32,
         progress=False,
     )
     summary = tg.main(cfg)
-    for name in ("summary.json", "metrics.jsonl", "samples.png", "loss_curve.png", "bpd_curve.png", "p_lambda.png"):
+    names = ("summary.json", "metrics.jsonl", "samples.png", "loss_curve.png", "bpd_curve.png", "p_lambda.png")
+    for name in names + ("sample_quality.png",):
         assert (tmp_path / name).is_file(), name
     assert np.isfinite(summary["test_bpd"])
+    for name in ("test_fd", "test_kid", "test_kid_std", "precision", "recall", "classifier_confidence"):
+        assert np.isfinite(summary[name]), name
+    assert summary["eval_samples"] == cfg.eval_samples
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [20, 40]
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -587,10 +592,11 @@ def test_masked_experiment_end_to_end(tmp_path):
         batch_size=16,
         num_samples=4,
         sample_steps=4,
+        eval_samples=16,
         importance="adaptive",
         progress=False,
     )
     summary = tm.main(cfg)
-    assert np.isfinite(summary["test_bpd"])
+    assert np.isfinite(summary["test_bpd"]) and np.isfinite(summary["test_fd"]) and 0 <= summary["precision"] <= 1
     for name in ("summary.json", "samples.png", "p_lambda.png", "loss_curve.png"):
         assert (tmp_path / name).is_file(), name

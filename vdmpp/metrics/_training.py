@@ -36,6 +36,9 @@ class ClassifierConfig:
         max_rotation: random rotations of up to this many degrees (augmentation).
         max_scale: random zooms by a factor in $[e^{-s}, e^{s}]$.
         max_shift: random translations of up to this many pixels; `None`: H / 8.
+        label_smoothing: weight of the uniform distribution mixed into the one-hot targets.
+        ema_decay: the returned network is the exponential moving average of the weights with this decay
+            (0: the last iterate).
     """
 
     widths: tuple[int, ...] = (16, 32, 64)
@@ -47,6 +50,8 @@ class ClassifierConfig:
     max_rotation: float = 15.0
     max_scale: float = 0.15
     max_shift: float | None = None
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0
 
     def resolved(self, num_train: int, height: int) -> "ClassifierConfig":
         """With `steps` and `max_shift` filled in for a training set of `num_train` images of height `height`."""
@@ -104,17 +109,21 @@ def _augment(rng: np.random.Generator, x: np.ndarray, cfg: "ClassifierConfig", n
     return np.clip(np.rint(out), 0, num_levels - 1).astype(np.int32)
 
 
-def _loss(classifier: Classifier, x: jax.Array, y: jax.Array) -> jax.Array:
+def _loss(classifier: Classifier, x: jax.Array, y: jax.Array, smoothing: float) -> jax.Array:
     logits = jax.vmap(classifier)(x)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype), smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
 @eqx.filter_jit
-def _step(classifier, opt_state, x, y, optimizer):
+def _step(classifier, ema, opt_state, x, y, optimizer, smoothing: float, ema_decay: float):
     with jax.numpy_dtype_promotion("standard"):  # optax's Adam update is not strict-promotion clean
-        loss, grads = eqx.filter_value_and_grad(_loss)(classifier, x, y)
+        loss, grads = eqx.filter_value_and_grad(_loss)(classifier, x, y, smoothing)
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(classifier, eqx.is_inexact_array))
-    return eqx.apply_updates(classifier, updates), opt_state, loss
+    classifier = eqx.apply_updates(classifier, updates)
+    params, static = eqx.partition(classifier, eqx.is_inexact_array)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    return classifier, ema, opt_state, loss
 
 
 @functools.lru_cache(maxsize=8)
@@ -153,10 +162,13 @@ def train_feature_network(
     cfg = config.resolved(dataset.train.shape[0], dataset.train.shape[1])
     steps = check_positive_int(cfg.steps, "config.steps")
     batch = min(check_positive_int(cfg.batch_size, "config.batch_size"), dataset.train.shape[0])
-    for name in ("max_rotation", "max_scale", "max_shift", "lr", "weight_decay"):
+    for name in ("max_rotation", "max_scale", "max_shift", "lr", "weight_decay", "label_smoothing", "ema_decay"):
         value = getattr(cfg, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"`config.{name}` must be a finite number >= 0; got {value!r}.")
+    for name in ("label_smoothing", "ema_decay"):
+        if getattr(cfg, name) >= 1:
+            raise ValueError(f"`config.{name}` must be < 1; got {getattr(cfg, name)!r}.")
     num_levels = fingerprint["num_levels"]
     classifier = Classifier(
         dataset.example_shape[-1],
@@ -167,6 +179,7 @@ def train_feature_network(
     )
     optimizer = _optimizer(float(cfg.lr), float(cfg.weight_decay), steps)
     opt_state = optimizer.init(eqx.filter(classifier, eqx.is_inexact_array))
+    ema = eqx.filter(classifier, eqx.is_inexact_array)
     rng = np.random.default_rng(seed)
     train, labels = dataset.train, dataset.train_labels
     start = time.perf_counter()
@@ -175,10 +188,15 @@ def train_feature_network(
     for i in bar:
         idx = rng.choice(train.shape[0], batch, replace=False)
         x = uint8_to_float(jnp.asarray(_augment(rng, train[idx], cfg, num_levels)), num_levels)
-        classifier, opt_state, loss = _step(classifier, opt_state, x, jnp.asarray(labels[idx]), optimizer)
+        y = jnp.asarray(labels[idx])
+        classifier, ema, opt_state, loss = _step(
+            classifier, ema, opt_state, x, y, optimizer, float(cfg.label_smoothing), float(cfg.ema_decay)
+        )
         if i % 50 == 0 or i == steps - 1:
             bar.set_postfix(loss=f"{float(loss):.4f}")
     bar.close()
+    if cfg.ema_decay > 0:
+        classifier = eqx.combine(ema, eqx.filter(classifier, eqx.is_inexact_array, inverse=True))
     net = FeatureNetwork(
         classifier,
         num_levels=num_levels,

@@ -34,6 +34,7 @@ from ._posthoc import (
     profile_inner_product as profile_inner_product,
     sigma_rel_to_gamma as sigma_rel_to_gamma,
 )
+from ._sample_eval import SampleEvaluation as SampleEvaluation
 from ._sharding import (
     make_mesh as make_mesh,
     replicate_to_host as replicate_to_host,

@@ -7,28 +7,29 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import atomic_write_json
 from .._misc import check_nonnegative_int, check_positive_int
 from ..data import RecordArray
 from ._checkpoint import Checkpointer, CheckpointError
-from ._metrics import image_grid, MetricsLogger, run_plots, save_png
+from ._evaluate import evaluate_state, NonFiniteLossError, write_samples
+from ._metrics import MetricsLogger, run_plots
 from ._objective import AbstractLoss
-from ._sharding import make_mesh, replicate_to_host, Sharding
+from ._sample_eval import (
+    check_evaluation,
+    evaluate_samples as _score_samples,
+    quality_plot,
+    SampleEvaluation,
+)
+from ._sharding import make_mesh, Sharding
 from ._snapshots import check_posthoc_settings, posthoc_of, write_state_snapshot
-from ._step import init_train_state, make_train_step, TrainState
+from ._step import init_train_state, make_train_step
 from ._workdir import claim_workdir
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Too many consecutive training steps had a non-finite loss or gradient, or an evaluation was not finite."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,47 +88,6 @@ class LoopConfig:
         check_posthoc_settings(self.posthoc_sigma_rels, self.snapshot_every)
 
 
-@eqx.filter_jit
-def _eval_bpd(model, loss: AbstractLoss, batch, key, sched_state):
-    return loss.bits_per_dim(model, batch, key=key, sched_state=sched_state)
-
-
-def evaluate_bpd(
-    model: Any,
-    loss: AbstractLoss,
-    data: np.ndarray | RecordArray,
-    *,
-    key,
-    sched_state,
-    batch_size: int = 256,
-    repeats: int = 1,
-    sharding: Sharding | None = None,
-) -> float:
-    """Mean bits/dim of `loss.bits_per_dim` over `data` (integer array) and `repeats` draws, in fixed-size batches,
-    at `jax.default_matmul_precision("highest")` (THEORY §15)."""
-    data = np.asarray(data)
-    n = data.shape[0]
-    if n == 0:
-        raise ValueError("`data` for evaluation is empty.")
-    b = min(batch_size, n)
-    total = 0.0
-    starts = [s for _ in range(repeats) for s in range(0, n, b)]
-    for i, start in enumerate(starts):
-        chunk = data[start : start + b]
-        m = chunk.shape[0]
-        # A short last chunk is padded to the fixed shape (one compilation). Its real examples are spread
-        # evenly over the slots: the time sampler is low-discrepancy over the slot index, so bunching them
-        # at the front would give them all nearly the same noise level (unbiased, but high variance).
-        slots = np.floor(np.arange(m) * b / m).astype(np.int64)
-        full = np.resize(data, (b,) + data.shape[1:])
-        full[slots] = chunk
-        x = jnp.asarray(full) if sharding is None else sharding.replicate(full)
-        with jax.default_matmul_precision("highest"):  # likelihoods at full float32 matmul precision (THEORY §15)
-            bpd = replicate_to_host(_eval_bpd(model, loss, {"x": x}, jr.fold_in(key, i), sched_state))
-        total += float(np.sum(np.asarray(bpd)[slots]))
-    return total / (n * repeats)
-
-
 def fit(
     model: Any,
     loss: AbstractLoss,
@@ -147,6 +107,7 @@ def fit(
     sample_steps: int = 250,
     decode_text: Callable[[np.ndarray], str] | None = None,
     sharding: Sharding | None = None,
+    evaluate_samples: SampleEvaluation | None = None,
 ) -> dict:
     """Train `model` on `dataset` with `loss`, checkpointing, logging and evaluating; return the summary.
 
@@ -173,6 +134,8 @@ def fit(
         sample_steps: sampler steps.
         decode_text: turns the samples (token ids) into text written to `samples*.txt` instead of a PNG.
         sharding: device layout (default: data parallel over all devices).
+        evaluate_samples: sample quality of the EMA model at every evaluation and at the end (see
+            [`vdmpp.train.SampleEvaluation`][]); its final numbers go into the summary.
 
     The run owns `workdir` while it runs (`claim_workdir`): a second run on it is refused, and so is a folder holding
     an earlier run's results unless `resume` or `overwrite`. Resuming a run that already finished (its last
@@ -196,6 +159,7 @@ def fit(
         check_nonnegative_int(resume_from, "resume_from")
         resume = True
     json.dumps(config)
+    example_shape = check_evaluation(evaluate_samples, test_data, sample_shape, sample_steps)
     with claim_workdir(workdir, resume=resume, overwrite=overwrite):
         return _fit(
             model=model,
@@ -214,12 +178,14 @@ def fit(
             sample_steps=sample_steps,
             decode_text=decode_text,
             sharding=sharding,
+            evaluate_samples=evaluate_samples,
+            example_shape=example_shape,
         )
 
 
 def _fit(
     *, model, loss, optimizer, dataset, loop, workdir, config, key, resume, resume_from, test_data, num_levels,
-    sample_shape, sample_steps, decode_text, sharding,
+    sample_shape, sample_steps, decode_text, sharding, evaluate_samples, example_shape,
 ) -> dict:  # fmt: skip
     is_main = jax.process_index() == 0
     sharding = sharding or Sharding(make_mesh(loop.fsdp))
@@ -263,9 +229,25 @@ def _fit(
         last_bpd = float(bpd_v[-1])
     bar = tqdm(total=loop.steps, initial=step, disable=not (loop.progress and is_main), dynamic_ncols=True)
     t_last, s_last, steps_per_s = time.perf_counter(), step, float("nan")
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     skipped_total = int(state.total_skips)
     last_loss = None
+    quality_names: list[str] = []
+
+    def quality(evaluation: SampleEvaluation, step: int) -> dict[str, float]:  # logged (kind "eval")
+        out = _score_samples(
+            evaluation,
+            loss,
+            state,
+            key=key,
+            step=step,
+            shape=example_shape,
+            logger=logger,
+            default_steps=sample_steps,
+        )
+        quality_names[:] = list(out)
+        return out
+
     try:
         while step < loop.steps:
             try:
@@ -306,38 +288,48 @@ def _fit(
                 bpd_text = "n/a" if np.isnan(last_bpd) else f"{last_bpd:.3f}"  # n/a until the first evaluation
                 bar.set_postfix(loss=f"{value:.4g}", test_bpd=bpd_text, it_s=f"{steps_per_s:.1f}")
             if test_data is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
-                last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
+                last_bpd = evaluate_state(
+                    state, loss, test_data, eval_key, step, examples=loop.eval_examples, batch_size=loop.eval_batch
+                )
                 logger.log(step, {"test_bpd": last_bpd}, kind="eval")
+            if evaluate_samples is not None and loop.eval_every and step % loop.eval_every == 0 and step != loop.steps:
+                quality(evaluate_samples, step)
             if sample_shape is not None and loop.sample_every and step % loop.sample_every == 0 and step != loop.steps:
                 path = workdir / f"samples_{step:06d}.png"
-                _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
+                write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
             if posthoc is not None and (step % loop.snapshot_every == 0 or step == loop.steps):
                 write_state_snapshot(workdir, step, state, posthoc)  # before the checkpoint: a resume replays it
             if step % loop.checkpoint_every == 0 or step == loop.steps:
                 ckpt.save(step, state, data_state=iterator.get_state(), config=config)  # type: ignore[attr-defined]
         bar.close()
-        train_seconds = time.perf_counter() - t_start
+        train_seconds, train_cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
         files = ["metrics.jsonl", "checkpoints/"]
         if test_data is not None:
-            last_bpd = _evaluate(state, loss, test_data, eval_key, step, loop, sharding)
+            last_bpd = evaluate_state(
+                state, loss, test_data, eval_key, step, examples=loop.eval_examples, batch_size=loop.eval_batch
+            )
             logger.log(step, {"test_bpd": last_bpd}, kind="eval")
         if sample_shape is not None:
             path = workdir / "samples.png"
-            name = _write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
+            name = write_samples(path, state, loss, sample_shape, sample_steps, decode_text, key, step, num_levels)
             files.append(name)
+        final_quality = {} if evaluate_samples is None else quality(evaluate_samples, step)
         summary = {
             "steps": step,
             "test_bpd": last_bpd,
             "final_train_loss": last_loss,
             "nan_guard_skips": skipped_total,
             "train_seconds_this_session": train_seconds,
+            "train_cpu_seconds_this_session": train_cpu,  # all threads: >= the wall time on an idle machine
             "resumed_from": start_step,
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "config": config,
+            **final_quality,
         }
         if is_main:
             files += run_plots(workdir, logger, loss.noise_density(state.sched_state))
+            files += [name for name in [quality_plot(workdir, logger, quality_names)] if name]
             summary["files"] = files
             atomic_write_json(workdir / "summary.json", summary)
         return summary
@@ -357,44 +349,3 @@ def _finished_summary(workdir: pathlib.Path, step: int, steps: int) -> dict | No
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) and summary.get("steps") == step else None
-
-
-def _evaluate(state: TrainState, loss: AbstractLoss, data, key, step: int, loop: LoopConfig, sharding) -> float:
-    if loop.eval_examples:  # slice first: a lazily read RecordArray then reads only these records
-        data = data[: loop.eval_examples]
-    data = np.asarray(data)
-    bpd = evaluate_bpd(
-        state.ema_model(),
-        loss,
-        data,
-        key=jr.fold_in(key, step),
-        sched_state=state.sched_state,
-        batch_size=loop.eval_batch,
-    )
-    if not np.isfinite(bpd):
-        raise NonFiniteLossError(
-            f"The test bits/dim of the EMA model at step {step} is {bpd} (not finite); stopping before any plot or "
-            "summary. Check the weighting, the schedule and the learning rate; the checkpoints written so far are "
-            "intact."
-        )
-    return bpd
-
-
-@eqx.filter_jit
-def _sample(loss: AbstractLoss, model, sched_state, key, shape: tuple[int, ...], num_steps: int):
-    return loss.sample(model, sched_state, key=key, shape=shape, num_steps=num_steps)
-
-
-def _write_samples(path, state: TrainState, loss, shape, num_steps, decode_text, key, step: int, num_levels) -> str:
-    key = jr.fold_in(jr.fold_in(key, 2_000_003), step)
-    out = np.asarray(replicate_to_host(_sample(loss, state.ema_model(), state.sched_state, key, shape, num_steps)))
-    is_main = jax.process_index() == 0
-    if decode_text is not None:  # text samples
-        path = path.with_suffix(".txt")
-        if is_main:
-            atomic_write_bytes(path, decode_text(out).encode())
-        return path.name
-    if is_main:
-        levels = num_levels or int(out.max()) + 1
-        save_png(image_grid(out, levels), path)
-    return path.name

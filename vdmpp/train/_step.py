@@ -1,11 +1,11 @@
 r"""The train state and the one training step: `make_train_step` builds it on `jax.jit` with the state donated.
 
-One step does: loss + gradients (optionally accumulated over micro-batches), a NaN guard, the optax update,
-the EMA update, the post-hoc power-function EMAs (optional, `PostHocEMA`) and the schedule update. The state is all arrays (the model's non-array part is a static field,
-set once by `init_train_state`), so `jax.jit` dispatches it directly and donates its buffers: the step updates
-the state in place. It is the same code on one CPU and on a mesh of devices (one or many processes): the batch
-arrives sharded, the state replicated or FSDP-split, and the output state is constrained to that layout so the
-step compiles once.
+One step does: loss + gradients (optionally accumulated over micro-batches), a NaN guard, the optax update, the
+EMA update, the post-hoc power-function EMAs (optional, `PostHocEMA`) and the schedule update. The state is all
+arrays (the model's non-array part is a static field, set once by `init_train_state`), so `jax.jit` dispatches
+it directly and donates its buffers: the step updates the state in place. It is the same code on one CPU and on
+a mesh of devices (one or many processes): the batch arrives sharded, the state replicated or FSDP-split, and
+the output state is constrained to that layout so the step compiles once.
 """
 
 from typing import Any

@@ -1,0 +1,184 @@
+"""The papers' weighting claims at CPU scale: every weighting, the same network and budget, several seeds.
+
+Gaussian rows (K&G): ELBO, IDDPM, EDM, EDM-monotonic, sigmoid(k=2), flow matching, and a sigmoid-k sweep.
+Masked rows (S&T's ImageNet-64 table): ELBO, IDDPM, EDM, sigmoid(k=0), FM, simple. Each (row, seed) is one
+run of `train_gaussian.py` / `train_masked.py` (`main`) on digits with the family's preset, which fixes the
+network, steps, schedule, optimiser and EMA: only the weighting (and the seed) changes between runs. Each
+run reports test bits/dim and the sample-quality metrics of its EMA model (FD, KID, precision, recall,
+classifier confidence; `experiments/_evaluation.py`); the sweep reports their mean ± standard error over
+seeds, each paper's ordering against the one found, and which differences exceed 2 standard errors.
+
+    python experiments/weighting_sweep.py                   # default preset (about 90 minutes on 2 cores)
+    python experiments/weighting_sweep.py --quick           # a few minutes
+    python experiments/weighting_sweep.py --out runs/ws --families masked --seeds 5
+
+Writes OUT/weighting_sweep.json (every run's numbers, the aggregates, orderings, significant pairs),
+OUT/weighting_sweep.png (bars with ±1 s.e.), OUT/weighting_sweep.md (the tables of docs/results.md),
+OUT/samples_<family>.png (one square grid per weighting, seed 0) and OUT/runs/<family>/<row>/seed<k>/ (each
+run's outputs). Resume-safe: a finished run (its summary.json) is read back, an interrupted one resumes from
+its last checkpoint, so rerunning the same command completes the sweep.
+"""
+
+import contextlib
+import dataclasses
+import io
+import pathlib
+import re
+import sys
+import time
+from typing import Any, Literal
+
+import vdmpp as vd
+from tqdm.auto import tqdm
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _launch, _sweep_report, train_gaussian, train_masked  # noqa: E402
+
+
+Family = Literal["gaussian", "masked"]
+
+GAUSSIAN_ROWS: dict[str, dict[str, Any]] = {
+    "ELBO": dict(weighting="elbo"),
+    "IDDPM": dict(weighting="iddpm"),
+    "EDM": dict(weighting="edm"),
+    "EDM-monotonic": dict(weighting="edm_monotonic"),
+    "sigmoid(k=2)": dict(weighting="sigmoid", weighting_param=2.0),
+    "FM": dict(weighting="flow_matching"),
+}
+SIGMOID_KS = (-2.0, 0.0, 4.0)  # with k = 2 above: the sigmoid-k sweep
+MASKED_ROWS: dict[str, dict[str, Any]] = {
+    "ELBO": dict(weighting="elbo"),
+    "IDDPM": dict(weighting="iddpm"),
+    "EDM": dict(weighting="edm"),
+    "sigmoid(k=0)": dict(weighting="sigmoid", weighting_param=0.0),
+    "FM": dict(weighting="flow_matching"),
+    "simple": dict(weighting="simple"),
+}
+
+# The family presets: everything but the weighting. Sized so the default sweep fits in 90 minutes on 2 cores.
+PRESETS: dict[str, dict[Family, dict[str, Any]]] = {
+    "default": {
+        "gaussian": dict(steps=4000, eval_samples=512, sample_steps=250),
+        "masked": dict(steps=1500, eval_samples=512, sample_steps=64),
+    },
+    "quick": {
+        "gaussian": dict(steps=400, eval_samples=256, sample_steps=100),
+        "masked": dict(steps=200, eval_samples=256, sample_steps=32),
+    },
+}
+# Shared by both presets: the demo's network and optimiser (see docs/howto/demo_search.md).
+BASE: dict[Family, dict[str, Any]] = {
+    "gaussian": dict(train_gaussian.DEMO),
+    "masked": dict(train_masked.DEMO),
+}
+TINY: dict[Family, dict[str, Any]] = {  # CI smoke size
+    "gaussian": dict(model="mlp", width=16, depth=1, emb_dim=8, batch_size=16, eval_examples=16),
+    "masked": dict(dim=16, depth=1, num_heads=2, batch_size=16, eval_examples=16),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the sweep."""
+
+    out: str = "runs/weighting_sweep"
+    """Output folder (resume-safe: rerun the same command to continue)."""
+    quick: bool = False
+    """The quick preset (a few minutes on 2 cores) instead of the default (about 90 minutes)."""
+    seeds: int = 3
+    families: tuple[Family, ...] = ("gaussian", "masked")
+    rows: tuple[str, ...] = ()
+    """Only these rows (names as in the tables, e.g. ELBO 'sigmoid(k=2)'); empty: all."""
+    steps: int | None = None
+    """Training steps per run (None: the preset's)."""
+    eval_samples: int | None = None
+    """Samples scored per run (None: the preset's)."""
+    sample_steps: int | None = None
+    tiny: bool = False
+    """Tiny networks (a smoke test of the whole pipeline in seconds; the numbers mean nothing)."""
+    data: str = "digits"
+    progress: bool = True
+
+
+def rows_of(family: Family) -> dict[str, dict[str, Any]]:
+    """The rows of one family, name -> the script flags that define the weighting."""
+    if family == "masked":
+        return dict(MASKED_ROWS)
+    extra = {f"sigmoid(k={k:g})": dict(weighting="sigmoid", weighting_param=k) for k in SIGMOID_KS}
+    return {**GAUSSIAN_ROWS, **extra}
+
+
+def slug(name: str) -> str:
+    """A folder name for a row: `sigmoid(k=2)` -> `sigmoid_k2`."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name.replace("=", "")).strip("_").lower()
+
+
+def run_config(cfg: Config, family: Family, row: dict[str, Any], seed: int, workdir: pathlib.Path) -> Any:
+    """The script Config of one run: the family's base and preset, the row's weighting, the seed."""
+    preset = PRESETS["quick" if cfg.quick else "default"][family]
+    overrides = {k: v for k, v in (("steps", cfg.steps), ("eval_samples", cfg.eval_samples)) if v is not None}
+    if cfg.sample_steps is not None:
+        overrides["sample_steps"] = cfg.sample_steps
+    settings = {**BASE[family], **preset, **(TINY[family] if cfg.tiny else {}), **overrides, **row}
+    steps = settings["steps"]
+    every = steps // 4 if steps >= 100 else steps  # resume points for a long run; one for a smoke test
+    settings |= dict(eval_every=0, checkpoint_every=every, warmup=min(settings.get("warmup", 100), steps // 4))
+    script = train_gaussian if family == "gaussian" else train_masked
+    resume = (workdir / "checkpoints").is_dir() and any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+    return script.Config(
+        workdir=str(workdir), data=cfg.data, seed=seed, resume=resume, progress=False, num_samples=64, **settings
+    )
+
+
+def one_run(cfg: Config, family: Family, name: str, seed: int) -> dict[str, Any]:
+    """Train and evaluate one (row, seed), or read back its finished summary; return its numbers."""
+    workdir = pathlib.Path(cfg.out) / "runs" / family / slug(name) / f"seed{seed}"
+    summary_path = workdir / "summary.json"
+    if not summary_path.is_file():
+        run_cfg = run_config(cfg, family, rows_of(family)[name], seed, workdir)
+        script = train_gaussian if family == "gaussian" else train_masked
+        log = io.StringIO()
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(log):
+            script.main(run_cfg)
+        vd.train.atomic_write_bytes(workdir / "run.log", log.getvalue().encode())
+        tqdm.write(f"{family:8s} {name:14s} seed {seed}: {time.perf_counter() - t0:.0f} s")
+    return _sweep_report.numbers(summary_path)
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    """Run (or complete) the sweep and write its JSON, PNGs and markdown; return the JSON."""
+    if not isinstance(cfg.seeds, int) or cfg.seeds < 1:
+        raise ValueError(f"`--seeds` must be a positive integer; got {cfg.seeds!r}.")
+    known = {name for f in cfg.families for name in rows_of(f)}
+    unknown = [r for r in cfg.rows if r not in known]
+    if unknown:
+        raise ValueError(f"`--rows` {unknown} are not rows of {list(cfg.families)}; choose from {sorted(known)}.")
+    jobs = [
+        (family, name, seed)
+        for family in cfg.families
+        for name in rows_of(family)
+        if not cfg.rows or name in cfg.rows
+        for seed in range(cfg.seeds)
+    ]
+    out = pathlib.Path(cfg.out)
+    t0 = time.perf_counter()
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for family, name, seed in tqdm(jobs, desc="weighting sweep", disable=not cfg.progress, dynamic_ncols=True):
+        runs.setdefault(family, {}).setdefault(name, []).append(one_run(cfg, family, name, seed))
+    settings = {
+        f: dataclasses.asdict(run_config(cfg, f, {}, 0, out / "x"))
+        | {"workdir": None, "seed": None, "resume": None, "weighting": None}
+        for f in cfg.families
+    }
+    result = _sweep_report.report(runs, config=dataclasses.asdict(cfg), settings=settings)
+    result["sweep_seconds_this_session"] = time.perf_counter() - t0
+    _sweep_report.write_outputs(out, result, runs_dir=out / "runs", slug=slug)
+    print(_sweep_report.summary_text(result))
+    print(f"outputs in {out.absolute()}: weighting_sweep.json, weighting_sweep.png, weighting_sweep.md, samples_*.png")
+    return result
+
+
+if __name__ == "__main__":
+    _launch.run(main, Config)
