@@ -6,13 +6,9 @@ from ._checkpoint import (
     CheckpointError as CheckpointError,
     config_differences as config_differences,
 )
+from ._evaluate import evaluate_bpd as evaluate_bpd, NonFiniteLossError as NonFiniteLossError
 from ._gaussian import GaussianLoss as GaussianLoss
-from ._loop import (
-    evaluate_bpd as evaluate_bpd,
-    fit as fit,
-    LoopConfig as LoopConfig,
-    NonFiniteLossError as NonFiniteLossError,
-)
+from ._loop import fit as fit, LoopConfig as LoopConfig
 from ._masked import MaskedLoss as MaskedLoss
 from ._metrics import (
     image_grid as image_grid,
