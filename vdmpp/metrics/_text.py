@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from jaxtyping import ArrayLike, Int
+from jaxtyping import ArrayLike, Integer
 
 from .._misc import check_positive_int, is_int
 
@@ -49,7 +49,7 @@ class TextQuality:
     seq_len: int
 
 
-def generative_perplexity(tokens: Int[ArrayLike, "n seq_len"], log_prob_fn: Callable[[np.ndarray], Any]) -> TextQuality:
+def generative_perplexity(tokens: Integer[ArrayLike, "n seq_len"], log_prob_fn: Callable[[np.ndarray], Any]) -> TextQuality:
     r"""Perplexity of samples under a scorer, always with their unigram entropies (THEORY §12).
 
     Low-entropy, repetitive samples get a low (good-looking) perplexity; read the two together.
@@ -113,7 +113,7 @@ class CharNGram:
         return code
 
     @classmethod
-    def fit(cls, train: Int[ArrayLike, "n seq_len"], vocab_size: int, *, order: int = 4, alpha: float = 0.1):
+    def fit(cls, train: Integer[ArrayLike, "n seq_len"], vocab_size: int, *, order: int = 4, alpha: float = 0.1):
         """Count the n-grams of the training sequences `train` `(n, seq_len)` (ids in `0..vocab_size-1`)."""
         vocab_size = check_positive_int(vocab_size, "vocab_size")
         order = check_positive_int(order, "order")
@@ -141,7 +141,7 @@ class CharNGram:
         pos = np.clip(np.searchsorted(keys, query), 0, keys.size - 1)
         return np.where(keys[pos] == query, values[pos], 0)
 
-    def log_prob(self, tokens: Int[ArrayLike, "n seq_len"]) -> np.ndarray:
+    def log_prob(self, tokens: Integer[ArrayLike, "n seq_len"]) -> np.ndarray:
         """Natural-log probability of each sequence, shape `(n,)` (a scorer for `generative_perplexity`)."""
         t = _check_tokens(tokens, "tokens", self.vocab_size)
         out = np.zeros(t.shape[0])
