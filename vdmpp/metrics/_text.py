@@ -49,7 +49,9 @@ class TextQuality:
     seq_len: int
 
 
-def generative_perplexity(tokens: Integer[ArrayLike, "n seq_len"], log_prob_fn: Callable[[np.ndarray], Any]) -> TextQuality:
+def generative_perplexity(
+    tokens: Integer[ArrayLike, "n seq_len"], log_prob_fn: Callable[[np.ndarray], Any]
+) -> TextQuality:
     r"""Perplexity of samples under a scorer, always with their unigram entropies (THEORY §12).
 
     Low-entropy, repetitive samples get a low (good-looking) perplexity; read the two together.
