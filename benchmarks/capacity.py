@@ -24,7 +24,7 @@ example). Prints one JSON line; writes `capacity.json` (atomically) to `--out`.
     python benchmarks/capacity.py [--out benchmarks/results] [--mfu 0.4] [--presets vdm_cifar10 md4_text8]
 """
 
-import argparse
+import dataclasses
 import json
 import math
 import pathlib
@@ -41,6 +41,7 @@ from jax.sharding import AbstractMesh
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import vdmpp as vd  # noqa: E402
+from experiments import _cli  # noqa: E402
 from experiments._presets import get_preset, Preset  # noqa: E402
 
 
@@ -225,15 +226,27 @@ def table(results: list[dict], accelerator: str = "TPU v5p") -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
-    parser.add_argument("--mfu", type=float, default=0.4, help="stated model-FLOP utilisation in (0, 1]")
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="preset names (experiments/_presets.py)")
-    args = parser.parse_args(argv)
-    if not 0.0 < args.mfu <= 1.0:
-        parser.error(f"--mfu must lie in (0, 1]; got {args.mfu}")
-    presets = [get_preset(n) for n in args.presets]  # an unknown name is a ValueError listing the known ones
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the capacity plan."""
+
+    out: pathlib.Path = pathlib.Path(__file__).parent / "results"
+    """Output folder (capacity.json)."""
+    mfu: float = 0.4
+    """Stated model-FLOP utilisation in (0, 1]."""
+    presets: tuple[str, ...] = tuple(PRESETS)
+    """Preset names (experiments/_presets.py)."""
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
+
+
+def main(args: Config) -> dict:
+    """Analyse every preset on every mesh; write and print one JSON line and a table."""
+    _cli.in_range(args, "mfu", 0.0, 1.0, closed="(]")
+    if args.out.exists() and not args.out.is_dir():
+        raise _cli.ConfigError(f"`--out` {args.out} is a file, not a folder; choose another path.")
+    with _cli.flags(args, "presets"):
+        presets = [get_preset(n) for n in args.presets]  # an unknown name is a ValueError listing the known ones
     results = []
     for p in presets:
         print(f"== {p.name}", file=sys.stderr, flush=True)
@@ -257,4 +270,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main, Config, description=__doc__)

@@ -16,8 +16,11 @@ import dataclasses
 import pathlib
 import sys
 
-import tyro
 import vdmpp as vd
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cli  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +44,14 @@ class Config:
     root: str | None = None
     """mnist / fashion_mnist: the folder with the IDX files."""
     progress: bool = True
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
 
 
 def main(cfg: Config) -> list[pathlib.Path]:
     """Load `cfg.source`, write its splits as ArrayRecord files, print what was written."""
+    _cli.at_least(cfg, 1, "num_shards", "seq_len")
+    _cli.in_range(cfg, "test_fraction", 0.0, 1.0, closed="()")
     data = vd.data.load(
         cfg.source, seq_len=cfg.seq_len, alphabet=cfg.alphabet, test_fraction=cfg.test_fraction, root=cfg.root
     )
@@ -58,7 +65,4 @@ def main(cfg: Config) -> list[pathlib.Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Config, args=sys.argv[1:]))
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    _cli.run(main, Config, description=__doc__)

@@ -11,21 +11,22 @@ Writes OUT/fd_noise.json and OUT/fd_noise.png (atomically); OUT must not hold an
 """
 
 import dataclasses
-import os
 import pathlib
 import sys
 import time
 
-import jax
 import matplotlib
 
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import tyro
 import vdmpp as vd
 from tqdm.auto import tqdm
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cli  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Config:
     classifier_seed: int = 0
     cache_dir: str | None = None
     progress: bool = True
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
 
 
 def corrupt(images: np.ndarray, sigma: float, num_levels: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,6 +54,11 @@ def corrupt(images: np.ndarray, sigma: float, num_levels: int, rng: np.random.Ge
 
 def main(cfg: Config) -> dict:
     """Run the sweep; write and return the results."""
+    _cli.at_least(cfg, 0, "seed", "classifier_seed")
+    if not cfg.data or not cfg.sigmas or any(not (np.isfinite(s) and s >= 0) for s in cfg.sigmas):
+        raise _cli.ConfigError(
+            f"`--data` and `--sigmas` (finite, >= 0) must be non-empty; got {cfg.data}, {cfg.sigmas}."
+        )
     out = pathlib.Path(cfg.out)
     if (out / "fd_noise.json").exists():
         raise FileExistsError(f"{out} already holds a run; choose a new --out (runs never overwrite).")
@@ -119,10 +127,9 @@ def main(cfg: Config) -> dict:
     return results
 
 
-if __name__ == "__main__":
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    res = main(tyro.cli(Config, args=sys.argv[1:]))
+def report(cfg: Config) -> dict:
+    """`main`, then the results as text."""
+    res = main(cfg)
     for name, r in res["data"].items():
         print(
             f"{name}: test accuracy {r['test_accuracy']:.4f}, FD(train, test) {r['fd_train_test']:.4g}, "
@@ -135,3 +142,8 @@ if __name__ == "__main__":
                 f"conf={row['classifier_confidence']:.3f}"
             )
     print(f"seconds: {res['seconds']}")
+    return res
+
+
+if __name__ == "__main__":
+    _cli.run(report, Config, description=__doc__)

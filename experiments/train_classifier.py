@@ -13,13 +13,14 @@ Deterministic given --seed.
 
 import dataclasses
 import json
-import os
 import pathlib
 import sys
 
-import jax
-import tyro
 import vdmpp as vd
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cli  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Config:
     cache_dir: str | None = None
     """Cache root (default $VDMPP_CACHE_DIR or the repository's .cache/vdmpp)."""
     progress: bool = True
+    debug: bool = False
+    """Show the full traceback of an error instead of one line."""
 
 
 def main(cfg: Config) -> dict:
@@ -82,7 +85,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    main(tyro.cli(Config, args=sys.argv[1:]))
+    _cli.run(main, Config, description=__doc__)

@@ -27,10 +27,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import benchmarks.adaptive_variance as bench_variance  # noqa: E402
+import benchmarks.capacity as bench_capacity  # noqa: E402
 import benchmarks.samplers as bench_samplers  # noqa: E402
 import benchmarks.step_overhead as bench_overhead  # noqa: E402
 import benchmarks.throughput as bench_throughput  # noqa: E402
 import experiments.adaptive_schedule as adaptive_schedule  # noqa: E402
+import experiments.convert_to_array_record as convert_records  # noqa: E402
+import experiments.fd_noise as fd_noise  # noqa: E402
+import experiments.posthoc_ema as posthoc_ema  # noqa: E402
 import experiments.masked_sampling as masked_sampling  # noqa: E402
 import experiments.masked_weightings as masked_weightings  # noqa: E402
 import experiments.train_gaussian as tg  # noqa: E402
@@ -187,6 +191,12 @@ OTHER = [
     (bench_variance, ["--samples", "0"], ["`--samples`", "got 0"]),
     (bench_overhead, ["--repeats", "0"], ["`--repeats`", "got 0"]),
     (bench_throughput, ["--big-steps", "0"], ["`--big-steps`", "got 0"]),
+    (bench_capacity, ["--mfu", "2"], ["`--mfu`", "got 2.0"]),
+    (bench_capacity, ["--presets", "vdm_imagenet"], ["--presets", "vdm_imagenet"]),
+    (fd_noise, ["--sigmas", "-1"], ["`--sigmas`", "-1.0"]),
+    (convert_records, ["--source", "digits", "--out", "recs", "--num-shards", "0"], ["`--num-shards`", "got 0"]),
+    (posthoc_ema, ["--workdir", "no_such_run"], ["`--workdir`", "no_such_run"]),
+    (posthoc_ema, ["--workdir", ".", "--sigma-rels", "0.9"], ["`--sigma-rels`", "0.9"]),
 ]
 
 

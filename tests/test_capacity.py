@@ -14,7 +14,7 @@ from experiments._presets import get_preset  # noqa: E402
 
 
 def test_capacity_of_a_reduced_preset(tmp_path, capsys):
-    out = capacity.main(["--presets", "md4_text8_tiny", "--out", str(tmp_path), "--mfu", "0.5"])
+    out = capacity.main(capacity.Config(out=tmp_path, mfu=0.5, presets=("md4_text8_tiny",)))
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and json.loads(lines[0]) == json.loads((tmp_path / "capacity.json").read_text())
     [r] = out["results"]
