@@ -33,6 +33,7 @@ import benchmarks.throughput as bench_throughput  # noqa: E402
 import experiments.adaptive_schedule as adaptive_schedule  # noqa: E402
 import experiments.masked_sampling as masked_sampling  # noqa: E402
 import experiments.masked_weightings as masked_weightings  # noqa: E402
+import experiments.sample as sample_script  # noqa: E402
 import experiments.train_gaussian as tg  # noqa: E402
 import experiments.train_masked as tm  # noqa: E402
 from experiments import _cli  # noqa: E402
@@ -182,6 +183,8 @@ OTHER = [
     (masked_weightings, ["--draws", "1"], ["`--draws`", "got 1"]),
     (masked_weightings, ["--dim", "30"], ["`--dim`", "30"]),
     (masked_sampling, ["--seed", "-3"], ["`--seed`", "-3"]),
+    (sample_script, ["--workdir", "no_such_run"], ["`--workdir`", "no_such_run"]),
+    (sample_script, ["--workdir", "no_such_run", "--steps", "0"], ["`--steps`", "got 0"]),
     (bench_samplers, ["--seed", "-1"], ["`--seed`", "got -1"]),
     (bench_variance, ["--lam-min", "5", "--lam-max", "5"], ["--lam-min", "--lam-max"]),
     (bench_variance, ["--samples", "0"], ["`--samples`", "got 0"]),

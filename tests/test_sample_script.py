@@ -1,5 +1,8 @@
 """experiments/sample.py on tiny runs trained once per module: files, network calls, the loop's own samples, bad input.
 
+The Gaussian run (about 20 s to train under the test-time type checks) is in the quick suite; the masked text
+run (about 45 s) is `slow`, and the kind checks that need only a masked run's config record use a record alone.
+
 The expected call counts are the samplers' documented formulas (docs/api/samplers.md, docs/api/masked.md), written
 out here, not the script's number; the reproduction check compares with the numbers the training loop itself wrote
 to summary.json.
@@ -48,6 +51,16 @@ def masked_run(tmp_path_factory) -> pathlib.Path:
     return root / "run"
 
 
+@pytest.fixture(scope="module")
+def masked_record(tmp_path_factory) -> pathlib.Path:
+    """A masked run's config record and nothing else: enough for the checks made before anything is loaded."""
+    work = tmp_path_factory.mktemp("record") / "run"
+    work.mkdir()
+    config = {"maths": {"data": "digits", "dim": 16, "depth": 1, "num_heads": 2}, "run": {"steps": 4}}
+    (work / "summary.json").write_text(json.dumps({"config": config}))
+    return work
+
+
 def _sample(workdir: pathlib.Path, *argv: str) -> dict:
     return sample.main(tyro.cli(sample.Config, args=["--workdir", str(workdir), "--no-progress", *argv]))
 
@@ -82,6 +95,7 @@ def test_gaussian_run_sampled_with_any_sampler(gaussian_run, tmp_path, name, ste
         assert again["nfe"] == again2["nfe"] == nfe and np.array_equal(a, b) and not np.array_equal(a, samples)
 
 
+@pytest.mark.slow
 def test_masked_defaults_redraw_the_loops_final_evaluation(masked_run):
     """The defaults (ancestral, --sample-steps, --eval-samples samples, EMA, the loop's keys) score exactly what
     the training loop scored at its last step: the same generative perplexity and entropy, bit for bit."""
@@ -97,28 +111,35 @@ def test_masked_defaults_redraw_the_loops_final_evaluation(masked_run):
     assert samples.shape == (8, 256) and samples.min() >= 0 and samples.max() < len(set(PANGRAM))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, nfe", [("remdm", 4), ("semi_ar", 16)])  # ReMDM: T; 4 blocks of T each
 def test_masked_run_other_samplers(masked_run, tmp_path, name, nfe):
     record = _sample(masked_run, "--sampler", name, "--num-samples", "2", "--no-metrics", "--out", str(tmp_path / "o"))
     assert record["nfe"] == nfe and np.load(tmp_path / "o" / "samples.npz")["nfe"] == nfe
 
 
+SLOW = pytest.mark.slow
 BAD = [
-    ("gaussian", ["--sampler", "dpm"], ["`--sampler` 'dpm' is unknown", "dpmpp_2m", "pf_heun"]),
-    ("gaussian", ["--sampler", "remdm"], ["'remdm' is a masked sampler", "gaussian run", "dpmpp_2m"]),
-    ("masked", ["--sampler", "dpmpp_2m"], ["'dpmpp_2m' is a gaussian sampler", "first_hitting"]),
-    ("masked", ["--grid", "edm"], ["`--grid` 'edm'", "Gaussian runs only"]),
-    ("masked", ["--sampler", "first_hitting"], ["`--steps`", "4", "256 tokens"]),
-    ("gaussian", ["--steps", "0"], ["`--steps`", "got 0"]),
-    ("gaussian", ["--step", "3"], ["`--step` 3", "[4]"]),
-    ("gaussian", ["--out", "EXISTING"], ["`--out`", "exists already"]),
+    ("gaussian_run", ["--sampler", "dpm"], ["`--sampler` 'dpm' is unknown", "dpmpp_2m", "pf_heun"]),
+    ("gaussian_run", ["--sampler", "remdm"], ["'remdm' is a masked sampler", "gaussian run", "dpmpp_2m"]),
+    ("masked_record", ["--sampler", "dpmpp_2m"], ["'dpmpp_2m' is a gaussian sampler", "first_hitting"]),
+    ("masked_record", ["--grid", "edm"], ["`--grid` 'edm'", "Gaussian runs only"]),
+    pytest.param("masked_run", ["--sampler", "first_hitting"], ["`--steps` 4", "256 tokens"], marks=SLOW),
+    ("gaussian_run", ["--steps", "0"], ["`--steps`", "got 0"]),
+    ("gaussian_run", ["--step", "3"], ["`--step` 3", "[4]"]),
+    ("gaussian_run", ["--out", "EXISTING"], ["`--out`", "exists already"]),
     ("missing", [], ["`--workdir`", "not a folder"]),
 ]
 
 
-@pytest.mark.parametrize("run, argv, must", BAD, ids=[" ".join([r, *a]) for r, a, _ in BAD])
+def _id(case) -> str:
+    run, argv, _ = case.values if hasattr(case, "values") else case
+    return " ".join([run, *argv])
+
+
+@pytest.mark.parametrize("run, argv, must", BAD, ids=[_id(c) for c in BAD])
 def test_bad_input_is_one_line(request, tmp_path, capsys, run, argv, must):
-    workdir = tmp_path / "nowhere" if run == "missing" else request.getfixturevalue(f"{run}_run")
+    workdir = tmp_path / "nowhere" if run == "missing" else request.getfixturevalue(run)
     existing = tmp_path / "existing"
     existing.mkdir()
     argv = [str(existing) if a == "EXISTING" else a for a in argv]
