@@ -59,9 +59,10 @@ def text_evaluation(
 ) -> vd.train.SampleEvaluation:
     """Generative perplexity under a character n-gram fitted on the training text, with unigram entropies."""
     vocab = int(data.num_levels or 0)
-    train = np.asarray(data.train[: max(1, MAX_NGRAM_TOKENS // int(np.prod(data.example_shape)))])
+    # int32: text tokens are stored as uint8, which the metrics' integer annotations (signed) refuse
+    train = np.asarray(data.train[: max(1, MAX_NGRAM_TOKENS // int(np.prod(data.example_shape)))], np.int32)
     ngram = vd.metrics.CharNGram.fit(train.reshape(train.shape[0], -1), vocab, order=order)
-    test = np.asarray(data.test[:1000])
+    test = np.asarray(data.test[:1000], np.int32)
     ref = vd.metrics.generative_perplexity(test.reshape(test.shape[0], -1), ngram.log_prob)
 
     def score(samples: np.ndarray) -> dict[str, float]:

@@ -15,7 +15,6 @@ Sample metrics: `sample_metrics` below is the hook for sample-quality numbers (F
 """
 
 import dataclasses
-import json
 import pathlib
 import sys
 from typing import Any
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _cli, _launch, train_gaussian, train_masked  # noqa: E402
+from experiments import _cli, _launch, _runs  # noqa: E402
 
 
 DEFAULT_SIGMA_RELS = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.10, 0.12, 0.15, 0.2, 0.25)
@@ -76,27 +75,6 @@ def validate(args: Args) -> None:
         raise _cli.ConfigError(f"`--workdir` {args.workdir} is not a folder; pass a finished training run's workdir.")
 
 
-def _tuples(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def run_config(workdir: pathlib.Path) -> tuple[Any, Any, dict]:
-    """The training script (module) and its `Config` for a run, from the config record it saved."""
-    summary = workdir / "summary.json"
-    if summary.is_file():
-        record = json.loads(summary.read_text())["config"]
-    else:
-        record = vd.train.Checkpointer(workdir / "checkpoints", max_to_keep=1).read_config()
-    fields = {**record.get("maths", {}), **record.get("run", {})}
-    fields = {k: _tuples(v) for k, v in fields.items()}
-    fields.update(workdir=str(workdir), resume=False, progress=False)
-    for script in (train_gaussian, train_masked):  # the one whose Config takes exactly these fields
-        names = {f.name for f in dataclasses.fields(script.Config)}
-        if set(fields) <= names:
-            return script, script.Config(**fields), record
-    raise ValueError(f"{workdir}: its config record matches neither train_gaussian.py nor train_masked.py.")
-
-
 def sample_metrics(run: _launch.Run, model: Any, key: Any) -> dict[str, float]:
     """Hook for sample-quality metrics of `model` (e.g. FID/KID against the test set with `vd.metrics`).
 
@@ -104,19 +82,6 @@ def sample_metrics(run: _launch.Run, model: Any, key: Any) -> dict[str, float]:
     """
     del run, model, key
     return {}
-
-
-def _restore(script, run: _launch.Run, record: dict, workdir: pathlib.Path):
-    """The latest checkpoint's train state (for the fixed-decay EMA and the schedule state)."""
-    optimizer, _, _ = _launch.training_setup(run.cfg, run.data.train)
-    posthoc = vd.train.PostHocEMA(tuple(run.cfg.posthoc_sigma_rels)) if run.cfg.posthoc_sigma_rels else None
-    like = vd.train.init_train_state(run.model, optimizer, run.loss, key=run.key, posthoc=posthoc)
-    ckpt = vd.train.Checkpointer(workdir / "checkpoints", max_to_keep=1)
-    try:
-        state, _, step = ckpt.restore(like, config=record)
-    finally:
-        ckpt.close()
-    return state, step
 
 
 def _plot(results: list[dict], reference: dict, path: pathlib.Path) -> None:
@@ -153,9 +118,7 @@ def main(args: Args) -> dict:
     out = pathlib.Path(args.out) if args.out else workdir / "posthoc_ema" / str(step)
     if (out / "posthoc_ema.json").exists():
         raise ValueError(f"{out} already holds a sweep; pass another --out (runs never overwrite results).")
-    script, cfg, record = run_config(workdir)
-    run = script.build_run(cfg)
-    state, ckpt_step = _restore(script, run, record, workdir)
+    _, _, run, state, ckpt_step = _runs.load_run(workdir)  # the newest checkpoint: fixed-decay EMA, schedule state
     test = run.data.test[: args.eval_examples] if args.eval_examples else run.data.test
     test = np.asarray(test)
     key = jr.key(args.seed)
@@ -209,4 +172,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    _cli.run(main, Args, description=__doc__)
+    _cli.run(main, Args, description=__doc__ or "")

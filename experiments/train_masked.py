@@ -12,7 +12,8 @@ continues bit for bit. A class-conditional preset (md4_imagenet64) is trained wi
 import dataclasses
 import pathlib
 import sys
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import jax.random as jr
 import numpy as np
@@ -90,13 +91,25 @@ def lam_range_of(schedule: vd.masked.AbstractMaskingSchedule) -> tuple[float, fl
     return float(schedule.lam(1.0)), float(schedule.lam(0.0))
 
 
-def tokens_of(data: vd.data.Dataset) -> tuple[np.ndarray, np.ndarray, int]:
-    """Train/test token arrays and the vocabulary size V (the mask id)."""
+def tokens_of(data: vd.data.Dataset) -> tuple[Any, Any, int]:
+    """Train/test token arrays (NumPy or lazily read `vd.data.RecordArray`) and the vocabulary size V (the mask id)."""
     if data.kind == "toy" or data.num_levels is None:
         raise _cli.ConfigError(
             f"`--data` must be discrete (images or text) for train_masked.py; got kind {data.kind!r}."
         )
     return data.train, data.test, int(data.num_levels)
+
+
+def text_decoder(data: vd.data.Dataset) -> Callable[[np.ndarray], str] | None:
+    """Token ids -> the samples' text, one blank line between samples (`None` for image data: those are PNGs)."""
+    if data.kind == "image":
+        return None
+    vocab_str = data.vocab or "".join(chr(33 + i) for i in range(int(data.num_levels or 0)))
+
+    def decode(samples: np.ndarray) -> str:
+        return "\n\n".join("".join(vocab_str[int(i)] for i in row.reshape(-1)) for row in samples)
+
+    return decode
 
 
 # The network flags a --preset replaces (setting one with a preset is an error).
@@ -186,11 +199,6 @@ def main(cfg: Config) -> dict:
         evaluation = _evaluation.sample_evaluation(
             data, num_samples=cfg.eval_samples, progress=cfg.progress, batch_size=cfg.num_samples
         )
-        vocab_str = data.vocab or "".join(chr(33 + i) for i in range(vocab))
-
-        def decode_text(samples: np.ndarray) -> str:
-            return "\n\n".join("".join(vocab_str[int(i)] for i in row.reshape(-1)) for row in samples)
-
         summary = vd.train.fit(
             model,
             loss,
@@ -202,7 +210,7 @@ def main(cfg: Config) -> dict:
             num_levels=vocab,
             sample_shape=(cfg.num_samples, *example_shape),
             sample_steps=cfg.sample_steps,
-            decode_text=None if data.kind == "image" else decode_text,
+            decode_text=text_decoder(data),
             evaluate_samples=evaluation,
             **_launch.fit_options(cfg),
         )

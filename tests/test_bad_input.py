@@ -37,6 +37,7 @@ import experiments.fd_noise as fd_noise  # noqa: E402
 import experiments.posthoc_ema as posthoc_ema  # noqa: E402
 import experiments.masked_sampling as masked_sampling  # noqa: E402
 import experiments.masked_weightings as masked_weightings  # noqa: E402
+import experiments.sample as sample_script  # noqa: E402
 import experiments.train_gaussian as tg  # noqa: E402
 import experiments.train_masked as tm  # noqa: E402
 from experiments import _cli  # noqa: E402
@@ -186,6 +187,8 @@ OTHER = [
     (masked_weightings, ["--draws", "1"], ["`--draws`", "got 1"]),
     (masked_weightings, ["--dim", "30"], ["`--dim`", "30"]),
     (masked_sampling, ["--seed", "-3"], ["`--seed`", "-3"]),
+    (sample_script, ["--workdir", "no_such_run"], ["`--workdir`", "no_such_run"]),
+    (sample_script, ["--workdir", "no_such_run", "--steps", "0"], ["`--steps`", "got 0"]),
     (bench_samplers, ["--seed", "-1"], ["`--seed`", "got -1"]),
     (bench_variance, ["--lam-min", "5", "--lam-max", "5"], ["--lam-min", "--lam-max"]),
     (bench_variance, ["--samples", "0"], ["`--samples`", "got 0"]),

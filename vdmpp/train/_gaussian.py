@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._misc import check_instance, is_int
-from .._types import Array, Float, PRNGKeyArray
-from ..losses import elbo_bpd, uint8_to_float, weighted_loss_at, WeightedLossAux
+from .._types import Array, Float, Int, PRNGKeyArray
+from ..losses import decoder_logits, elbo_bpd, uint8_to_float, weighted_loss_at, WeightedLossAux
 from ..nn import ModelDenoiser
 from ..process import AbstractParameterisation, EpsPrediction
-from ..samplers import ancestral
+from ..samplers import AbstractSampler, Ancestral, sample
 from ..schedules import AbstractNoiseSchedule, AbstractSchedule, AbstractTimeSampler, LinearLogSNR, LowDiscrepancy
 from ..weighting import AbstractWeighting
 from ._objective import AbstractLoss, Batch
@@ -108,12 +108,31 @@ class GaussianLoss(AbstractLoss):
         with jax.default_matmul_precision("highest"):  # likelihoods at full float32 matmul precision (THEORY §15)
             return elbo_bpd(denoiser, batch["x"], key=key, schedule=schedule, num_levels=self.num_levels)
 
-    def sample(self, model: Any, sched_state: Any, *, key: PRNGKeyArray, shape: tuple[int, ...], num_steps: int):
-        """Ancestral samples (THEORY §7) decoded to integer levels by the ELBO's discretised decoder."""
+    def sample_with(
+        self,
+        model: Any,
+        sched_state: Any,
+        *,
+        sampler: AbstractSampler | None = None,
+        key: PRNGKeyArray,
+        shape: tuple[int, ...],
+        num_steps: int,
+    ) -> tuple[Int[Array, " num_samples *example"], int]:
+        r"""`(samples, nfe)` with any `vdmpp.samplers` strategy on the sampling schedule, as integer levels.
+
+        `None` is the training loop's sampler, `Ancestral(num_levels=L)`: ancestral steps (THEORY §7), then the
+        mode of the ELBO's discretised decoder $p(x|z_0)$ (THEORY §6). A sampler that returns floats is read as
+        ending at $z$ at $\lambda_{max}$ (`final_denoise=False`, the default of every built-in sampler but
+        `EDM`) and decoded to the mode of the same decoder.
+        """
         schedule = self.schedule.bind(sched_state) if self.sampling_schedule is None else self.sampling_schedule
         denoiser = ModelDenoiser(model, self.parameterisation)
-        out, _ = ancestral(denoiser, shape, key=key, schedule=schedule, num_steps=num_steps, num_levels=self.num_levels)
-        return out
+        sampler = Ancestral(num_levels=self.num_levels) if sampler is None else sampler
+        out, nfe = sample(sampler, denoiser, shape, key=key, schedule=schedule, num_steps=num_steps)
+        if not jnp.issubdtype(out.dtype, jnp.integer):
+            logits = decoder_logits(out, schedule.lam_max, self.num_levels)
+            out = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return out, nfe
 
     def noise_density(self, sched_state: Any) -> tuple[AbstractSchedule, AbstractWeighting]:
         """The schedule under `sched_state` and the weighting."""

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._misc import check_instance, check_positive_int
-from .._types import Array, Float, PRNGKeyArray
+from .._types import Array, Float, Int, PRNGKeyArray
 from ..losses import WeightedLossAux
-from ..masked import AbstractMaskingSchedule, ancestral, elbo, reweighted_loss
+from ..masked import AbstractMaskedSampler, AbstractMaskingSchedule, Ancestral, elbo, reweighted_loss, sample
 from ..nn import ModelDenoiser
 from ..schedules import AbstractNoiseSchedule, AbstractSchedule, AbstractTimeSampler, EmptyState, LowDiscrepancy
 from ..weighting import AbstractWeighting
@@ -90,13 +90,24 @@ class MaskedLoss(AbstractLoss):
             nats = elbo(ModelDenoiser(model), tokens, key=key, schedule=self.schedule, mask_id=self.mask_id)
         return nats / (math.prod(tokens.shape[1:]) * math.log(2.0))
 
-    def sample(self, model: Any, sched_state: Any, *, key: PRNGKeyArray, shape: tuple[int, ...], num_steps: int):
-        """MD4 ancestral samples (token ids) on the masking schedule."""
+    def sample_with(
+        self,
+        model: Any,
+        sched_state: Any,
+        *,
+        sampler: AbstractMaskedSampler | None = None,
+        key: PRNGKeyArray,
+        shape: tuple[int, ...],
+        num_steps: int,
+    ) -> tuple[Int[Array, " num_samples *example"], int]:
+        """`(token ids, nfe)` with any `vdmpp.masked` sampler on the masking schedule (`None`: MD4's `Ancestral()`,
+        the training loop's sampler)."""
         del sched_state
-        out, _ = ancestral(
-            ModelDenoiser(model), shape, key=key, schedule=self.schedule, num_steps=num_steps, mask_id=self.mask_id
-        )
-        return out
+        sampler = Ancestral() if sampler is None else sampler
+        return sample(
+            sampler, ModelDenoiser(model), shape, key=key, schedule=self.schedule, num_steps=num_steps,
+            mask_id=self.mask_id,
+        )  # fmt: skip
 
     def noise_density(self, sched_state: Any) -> tuple[AbstractSchedule, AbstractWeighting] | None:
         """The learned importance schedule under `sched_state` and the weighting (`None` without one)."""

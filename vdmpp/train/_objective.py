@@ -11,7 +11,7 @@ from typing import Any
 
 import equinox as eqx
 
-from .._types import Array, Float, PRNGKeyArray
+from .._types import Array, Float, Int, PRNGKeyArray
 from ..schedules import AbstractSchedule
 from ..weighting import AbstractWeighting
 
@@ -39,10 +39,27 @@ class AbstractLoss(eqx.Module):
         """A per-example upper bound on the negative log-likelihood in bits per dimension (inference mode)."""
 
     @abc.abstractmethod
+    def sample_with(
+        self,
+        model: Any,
+        sched_state: Any,
+        *,
+        sampler: Any,
+        key: PRNGKeyArray,
+        shape: tuple[int, ...],
+        num_steps: int,
+    ) -> tuple[Int[Array, " num_samples *example"], int]:
+        """`(samples, nfe)`: `shape = (num_samples, *example)` integer samples (levels or token ids) of `model` in
+        inference mode, drawn with `sampler` (a sampler strategy of the loss's kind; `None`: the loss's own, the
+        one `sample` uses), and the network calls per sample (a Python int)."""
+
     def sample(
         self, model: Any, sched_state: Any, *, key: PRNGKeyArray, shape: tuple[int, ...], num_steps: int
-    ) -> Array:
-        """`shape = (num_samples, *example)` integer samples (levels or token ids) of `model` in inference mode."""
+    ) -> Int[Array, " num_samples *example"]:
+        """`shape = (num_samples, *example)` integer samples of `model` with the loss's own sampler (what the
+        training loop draws): `sample_with(..., sampler=None)`'s samples."""
+        samples, _ = self.sample_with(model, sched_state, sampler=None, key=key, shape=shape, num_steps=num_steps)
+        return samples
 
     @abc.abstractmethod
     def noise_density(self, sched_state: Any) -> tuple[AbstractSchedule, AbstractWeighting] | None:
