@@ -44,16 +44,17 @@ class Options(NamedTuple):
 
     levels: int
     grid: dict[str, Any]
+    clip: float | None
 
 
 S, M = vd.samplers, vd.masked
 SAMPLERS: dict[str, dict[str, Callable[[Options], Any]]] = {
     "gaussian": {  # every one ends at z at lambda_max, decoded by the run's discretised decoder
         "ancestral": lambda o: S.Ancestral(num_levels=o.levels, **o.grid),  # the training loop's sampler
-        "ddim": lambda o: S.DDIM(eta=0.0, **o.grid),
-        "dpmpp_2m": lambda o: S.DPMSolverPP(order=2, **o.grid),
-        "dpmpp_3m": lambda o: S.DPMSolverPP(order=3, **o.grid),
-        "dpmpp_2m_sde": lambda o: S.DPMSolverPP(order=2, eta=1.0, **o.grid),
+        "ddim": lambda o: S.DDIM(eta=0.0, clip_denoised=o.clip, **o.grid),
+        "dpmpp_2m": lambda o: S.DPMSolverPP(order=2, clip_denoised=o.clip, **o.grid),
+        "dpmpp_3m": lambda o: S.DPMSolverPP(order=3, clip_denoised=o.clip, **o.grid),
+        "dpmpp_2m_sde": lambda o: S.DPMSolverPP(order=2, eta=1.0, clip_denoised=o.clip, **o.grid),
         "edm": lambda o: S.EDM(final_denoise=False, **o.grid),  # EDM's Heun steps (default grid: EDM's rho-grid)
         "pf_heun": lambda o: S.ProbabilityFlow(dfx.Heun(), **o.grid),  # probability-flow ODE, Heun
         "sde": lambda o: S.ReverseSDE(dfx.Euler(), **o.grid),  # reverse SDE, Euler-Maruyama
@@ -88,6 +89,9 @@ class Config:
     ancestral, remdm, first_hitting, maskgit, semi_ar."""
     grid: Literal["uniform_t", "uniform_lambda", "edm"] | None = None
     """A Gaussian sampler's log-SNR grid (default: the sampler's own: uniform_t, edm for the edm sampler)."""
+    clip_denoised: float | None = 1.0
+    """ddim and dpmpp_*: clip each data prediction to [-c, c] (vdmpp's data lie in [-1, 1]); None: the exact
+    ODE, which a network's large errors at low SNR can derail."""
     steps: int | None = None
     """Sampler steps (default: the run's --sample-steps)."""
     num_samples: int | None = None
@@ -115,6 +119,8 @@ def validate(cfg: Config) -> None:
     for name in ("step", "seed"):
         if getattr(cfg, name) is not None:
             _cli.at_least(cfg, 0, name)
+    if cfg.clip_denoised is not None:
+        _cli.in_range(cfg, "clip_denoised", 0.0, float("inf"), closed="()")
     if not pathlib.Path(cfg.workdir).is_dir():
         raise _cli.ConfigError(f"`--workdir` {cfg.workdir} is not a folder; pass a training run's workdir.")
 
@@ -137,7 +143,7 @@ def build_sampler(cfg: Config, kind: str, levels: int) -> Any:
     check_sampler(cfg, kind)
     grid = {} if cfg.grid is None else {"grid": GRIDS[cfg.grid]}
     with _cli.flags(cfg, "sampler"):
-        return SAMPLERS[kind][cfg.sampler](Options(levels, grid))
+        return SAMPLERS[kind][cfg.sampler](Options(levels, grid, cfg.clip_denoised))
 
 
 @eqx.filter_jit

@@ -73,6 +73,18 @@ def _check_eta(eta, owner: str) -> float:
     return float(eta)
 
 
+def _check_clip(clip, owner: str) -> None:
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise ValueError(f"`clip_denoised` of {owner} must be a positive number or None; got {clip!r}.")
+    if clip is not None and not np.isfinite(clip):
+        raise ValueError(f"`clip_denoised` of {owner} must be finite (None: no clipping); got {clip!r}.")
+
+
+def _final(eps_fn: Callable, z: Array, lam: Array, clip: float | None) -> Array:
+    x = denoise(eps_fn, z, lam)
+    return x if clip is None else jnp.clip(x, -clip, clip)
+
+
 def _step_orders(order: int, num_steps: int, lower_order_final: bool) -> np.ndarray:
     """Order per step: warm-up from 1; with `lower_order_final` below 15 steps, the last steps drop too."""
     k = np.arange(num_steps)
@@ -82,8 +94,11 @@ def _step_orders(order: int, num_steps: int, lower_order_final: bool) -> np.ndar
     return orders.astype(np.int32)
 
 
-def _integrate(eps_fn: Callable, z: Array, lams: Array, orders: np.ndarray, eta: float, key: PRNGKeyArray) -> Array:
-    """The multistep exponential integrator on the grid `lams` (increasing), one evaluation per step."""
+def _integrate(
+    eps_fn: Callable, z: Array, lams: Array, orders: np.ndarray, eta: float, key: PRNGKeyArray, clip: float | None
+) -> Array:
+    """The multistep exponential integrator on the grid `lams` (increasing), one evaluation per step; `clip`
+    bounds the data prediction $\hat x$ to $[-clip, clip]$ (None: exact)."""
     n = orders.shape[0]
     dtype = z.dtype
 
@@ -95,6 +110,8 @@ def _integrate(eps_fn: Callable, z: Array, lams: Array, orders: np.ndarray, eta:
         h = 0.5 * (lam_s - lam_t)
         h_eta = (1.0 + eta) * h
         d_t = (z - jnp.exp(log_s_t) * eps_fn(z, lam_t)) * jnp.exp(-log_a_t)
+        if clip is not None:
+            d_t = jnp.clip(d_t, -clip, clip)
         # ratios of the previous steps to this one (1 where there is no history: the coefficient is then 0)
         r0 = jnp.where(order >= 2, h_p / h, 1.0)
         r1 = jnp.where(order >= 3, h_pp / h, 1.0)
@@ -137,6 +154,10 @@ class DPMSolverPP(AbstractSampler):
         grid: the log-SNR grid (default: uniform in the schedule's time; `UniformLogSNR()` is
             DPM-Solver's own).
         final_denoise: end with $\hat x(z)$ at $\lambda_{max}$ (one more evaluation) instead of $z$.
+        clip_denoised: clip each data prediction $\hat x$ to $[-c, c]$ (DDPM's and diffusers' `clip_sample`;
+            1.0 is the range of vdmpp's scaled data). It keeps a network's large $\hat x$ errors at low
+            SNR (an $\hat\epsilon$ error $e$ gives an $\hat x$ error $e\,\sigma/\alpha$) from derailing the
+            deterministic solvers; None (default) solves the exact ODE/SDE.
     """
 
     order: int = 2
@@ -144,8 +165,10 @@ class DPMSolverPP(AbstractSampler):
     lower_order_final: bool = True
     grid: AbstractGrid = UniformTime()
     final_denoise: bool = False
+    clip_denoised: float | None = None
 
     def __check_init__(self):
+        _check_clip(self.clip_denoised, "DPMSolverPP")
         if not is_int(self.order) or self.order not in (1, 2, 3):
             raise ValueError(f"`order` of DPMSolverPP must be 1, 2 or 3; got {self.order!r}.")
         _check_eta(self.eta, "DPMSolverPP")
@@ -165,8 +188,8 @@ class DPMSolverPP(AbstractSampler):
         """Multistep DPM-Solver++ along the grid."""
         lams = self.grid.lams(schedule, num_steps, z.dtype)
         orders = _step_orders(self.order, num_steps, self.lower_order_final)
-        z = _integrate(eps_fn, z, lams, orders, float(self.eta), key)
-        return denoise(eps_fn, z, lams[-1]) if self.final_denoise else z
+        z = _integrate(eps_fn, z, lams, orders, float(self.eta), key, self.clip_denoised)
+        return _final(eps_fn, z, lams[-1], self.clip_denoised) if self.final_denoise else z
 
 
 class DDIM(AbstractSampler):
@@ -180,14 +203,20 @@ class DDIM(AbstractSampler):
         eta: $\eta \ge 0$.
         grid: the log-SNR grid (default: uniform in the schedule's time).
         final_denoise: end with $\hat x(z)$ at $\lambda_{max}$ (one more evaluation) instead of $z$.
+        clip_denoised: clip each data prediction $\hat x$ to $[-c, c]$ (DDPM's and diffusers' `clip_sample`;
+            1.0 is the range of vdmpp's scaled data). It keeps a network's large $\hat x$ errors at low
+            SNR (an $\hat\epsilon$ error $e$ gives an $\hat x$ error $e\,\sigma/\alpha$) from derailing the
+            deterministic solvers; None (default) solves the exact ODE/SDE.
     """
 
     eta: float = 0.0
     grid: AbstractGrid = UniformTime()
     final_denoise: bool = False
+    clip_denoised: float | None = None
 
     def __check_init__(self):
         _check_eta(self.eta, "DDIM")
+        _check_clip(self.clip_denoised, "DDIM")
 
     def num_evals(self, num_steps: int) -> int:
         """$N$, plus one for `final_denoise`."""
@@ -198,5 +227,5 @@ class DDIM(AbstractSampler):
     ) -> Array:
         """DDIM steps along the grid."""
         lams = self.grid.lams(schedule, num_steps, z.dtype)
-        z = _integrate(eps_fn, z, lams, np.ones(num_steps, np.int32), float(self.eta), key)
-        return denoise(eps_fn, z, lams[-1]) if self.final_denoise else z
+        z = _integrate(eps_fn, z, lams, np.ones(num_steps, np.int32), float(self.eta), key, self.clip_denoised)
+        return _final(eps_fn, z, lams[-1], self.clip_denoised) if self.final_denoise else z
