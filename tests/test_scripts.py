@@ -5,6 +5,7 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ def test_adaptive_schedule_experiment_tiny(tmp_path):
     assert not list((tmp_path / "run").glob(".*")), "no temporary files left behind"
 
 
+@pytest.mark.slow  # ~60 s of compilation (4 models x 3 weightings); its flags are checked in test_bad_input
 def test_adaptive_variance_benchmark_tiny(capsys):
     cfg = bench.Config(
         num_points=16, num_bins=10, calibrate_steps=4, batch_size=32, samples=4, mlp_width=16, train_steps=3
