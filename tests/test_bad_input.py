@@ -34,9 +34,9 @@ import benchmarks.throughput as bench_throughput  # noqa: E402
 import experiments.adaptive_schedule as adaptive_schedule  # noqa: E402
 import experiments.convert_to_array_record as convert_records  # noqa: E402
 import experiments.fd_noise as fd_noise  # noqa: E402
-import experiments.posthoc_ema as posthoc_ema  # noqa: E402
 import experiments.masked_sampling as masked_sampling  # noqa: E402
 import experiments.masked_weightings as masked_weightings  # noqa: E402
+import experiments.posthoc_ema as posthoc_ema  # noqa: E402
 import experiments.sample as sample_script  # noqa: E402
 import experiments.train_gaussian as tg  # noqa: E402
 import experiments.train_masked as tm  # noqa: E402
