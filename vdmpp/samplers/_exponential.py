@@ -97,7 +97,7 @@ def _step_orders(order: int, num_steps: int, lower_order_final: bool) -> np.ndar
 def _integrate(
     eps_fn: Callable, z: Array, lams: Array, orders: np.ndarray, eta: float, key: PRNGKeyArray, clip: float | None
 ) -> Array:
-    """The multistep exponential integrator on the grid `lams` (increasing), one evaluation per step; `clip`
+    r"""The multistep exponential integrator on the grid `lams` (increasing), one evaluation per step; `clip`
     bounds the data prediction $\hat x$ to $[-clip, clip]$ (None: exact)."""
     n = orders.shape[0]
     dtype = z.dtype
