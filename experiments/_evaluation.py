@@ -41,14 +41,24 @@ def image_evaluation(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
 ) -> vd.train.SampleEvaluation:
-    """FD, KID, precision, recall and classifier confidence of samples against the test set (labelled images)."""
-    path = vd.metrics.feature_network_path(data, config=classifier, cache_dir=cache_dir)
-    if not (path / "feature_network.json").is_file():
-        print(f"Training the feature classifier of {data.name} once (cached in {path}).")
-    net = vd.metrics.feature_network(data, config=classifier, cache_dir=cache_dir, progress=progress)
-    reference = net(np.asarray(data.test))  # computed once, reused at every evaluation
+    """FD, KID, precision, recall and classifier confidence of samples against the test set (labelled images).
+
+    The feature network is loaded (or trained, once per data set) at the first evaluation, not here: a run that
+    stops before it (a refused resume, a run that already finished) does no such work.
+    """
+    found: dict[str, Any] = {}
+
+    def features() -> tuple[Any, np.ndarray]:
+        if not found:
+            path = vd.metrics.feature_network_path(data, config=classifier, cache_dir=cache_dir)
+            if not (path / "feature_network.json").is_file():
+                print(f"Training the feature classifier of {data.name} once (cached in {path}).")
+            net = vd.metrics.feature_network(data, config=classifier, cache_dir=cache_dir, progress=progress)
+            found.update(net=net, reference=net(np.asarray(data.test)))  # reused at every evaluation
+        return found["net"], found["reference"]
 
     def score(samples: np.ndarray) -> dict[str, float]:
+        net, reference = features()
         return image_scores(vd.metrics.sample_quality(samples, reference, extractor=net))
 
     return vd.train.SampleEvaluation(score, num_samples, num_steps, batch_size)

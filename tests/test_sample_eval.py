@@ -100,7 +100,9 @@ def test_script_evaluations(tmp_path):
     digits = vd.data.load("digits")
     quick = vd.metrics.ClassifierConfig(steps=20)
     ev = _evaluation.image_evaluation(digits, num_samples=8, classifier=quick, progress=False, cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir()), "the classifier is trained at the first evaluation, not before the run"
     q = ev.score(np.asarray(digits.test[:40]))
+    assert list(tmp_path.rglob("feature_network.json"))
     assert set(q) == {
         "test_fd", "test_kid", "test_kid_std", "precision", "recall", "classifier_confidence", "eval_samples"
     }  # fmt: skip
