@@ -6,9 +6,9 @@ from ._checkpoint import (
     CheckpointError as CheckpointError,
     config_differences as config_differences,
 )
+from ._evaluate import evaluate_bpd as evaluate_bpd
 from ._gaussian import GaussianLoss as GaussianLoss
 from ._loop import (
-    evaluate_bpd as evaluate_bpd,
     fit as fit,
     LoopConfig as LoopConfig,
     NonFiniteLossError as NonFiniteLossError,
