@@ -87,7 +87,7 @@ DEMO = dict(
 )
 QUALITY = dict(
     model="unet",
-    unet_channels=32,
+    unet_channels=24,
     steps=4000,
     batch_size=64,
     lr=2e-3,
