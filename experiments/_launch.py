@@ -75,7 +75,8 @@ class RunConfig:
     """Show the full traceback of an error instead of one line."""
     # --- accelerators (issue 14): presets, mixed precision, remat, optimiser options, data workers, post-hoc EMA
     preset: str | None = None
-    """A published model from experiments/_presets.py (vdm_cifar10 for train_gaussian.py; md4_text8,
+    """quality: the script's own longer run (its QUALITY settings, at most 20 minutes on 2 CPU cores; not with
+    --demo). Or a published model from experiments/_presets.py (vdm_cifar10 for train_gaussian.py; md4_text8,
     md4_imagenet64 for train_masked.py; each with a reduced *_tiny variant): its network and training
     hyperparameters. Explicit flags still win."""
     precision: Literal["float32", "bfloat16"] = "float32"
@@ -107,12 +108,23 @@ class Run(NamedTuple):
     key: Any
 
 
-def with_preset(cfg: Any, preset: dict) -> Any:
-    """With `cfg.demo`, fill in `preset` for every field the user left at its default."""
-    if not cfg.demo:
+QUALITY = "quality"
+"""The `--preset` name of a script's own longer run (its `QUALITY` settings), not a published model."""
+
+
+def with_preset(cfg: Any, preset: dict, *, when: bool | None = None) -> Any:
+    """When `when` (default `cfg.demo`), fill in `preset` for every field the user left at its default."""
+    if not (cfg.demo if when is None else when):
         return cfg
     default = type(cfg)(workdir=cfg.workdir)
     return dataclasses.replace(cfg, **{k: v for k, v in preset.items() if getattr(cfg, k) == getattr(default, k)})
+
+
+def apply_run_preset(cfg: Any, demo: dict, quality: dict) -> Any:
+    """`--demo` (the script's `demo` settings) or `--preset quality` (`quality`), explicit flags winning."""
+    if cfg.demo and cfg.preset == QUALITY:
+        raise ValueError("`--demo` and `--preset quality` cannot be combined: pick one of the two run presets.")
+    return with_preset(with_preset(cfg, demo), quality, when=cfg.preset == QUALITY)
 
 
 def validate_run(cfg: RunConfig) -> None:
@@ -254,30 +266,11 @@ def fit_options(cfg: RunConfig) -> dict:
 
 # Settings that do not change the maths of a run (where outputs go, how often to report, how to launch). Every
 # other field of a script's Config, including fields added later, is compared with the checkpoint on --resume.
+# `remat` is recomputation only: same maths (resume with or without it, e.g. after running out of memory).
 RUN_FIELDS = frozenset(
-    {
-        "workdir",
-        "resume",
-        "resume_from",
-        "overwrite",
-        "debug",
-        "demo",
-        "checkpoint_every",
-        "eval_every",
-        "eval_examples",
-        "eval_samples",
-        "sample_every",
-        "num_samples",
-        "sample_steps",
-        "sample_schedule",
-        "distributed",
-        "coordinator_address",
-        "num_processes",
-        "process_id",
-        "progress",
-        "remat",  # recomputation only: same maths (resume with or without it, e.g. after running out of memory)
-        "snapshot_every",
-    }
+    "workdir resume resume_from overwrite debug demo checkpoint_every eval_every eval_examples eval_samples "
+    "sample_every num_samples sample_steps sample_schedule distributed coordinator_address num_processes "
+    "process_id progress remat snapshot_every".split()
 )
 
 
@@ -331,12 +324,12 @@ def apply_model_preset(cfg: Any, kind: str, model_fields: tuple[str, ...]) -> tu
             preset, or a network flag with a preset.
     """
     check_accelerator_flags(cfg)
-    if cfg.preset is None:
+    if cfg.preset is None or cfg.preset == QUALITY:  # no model preset (`quality` is filled by apply_run_preset)
         return cfg, None
     try:
         preset = get_preset(cfg.preset)
     except ValueError as e:
-        raise ValueError(f"`--preset`: {e}") from None
+        raise ValueError(f"`--preset`: {e} Or `{QUALITY}`: the script's own longer run.") from None
     if preset.kind != kind:
         raise ValueError(
             f"`--preset {cfg.preset}` is a {preset.kind}-diffusion model: train it with "

@@ -42,7 +42,7 @@ class Config(RunConfig):
     data: str = "digits"
     """A vdmpp.data name (digits, mnist, fashion_mnist) or a path (image folder, .npy/.npz, CIFAR batches)."""
     demo: bool = False
-    """The `make demo` preset (a few minutes on 2 CPU cores); explicit flags still win."""
+    """The `make demo` preset (a U-Net, under 3 minutes of training on 2 CPU cores); explicit flags still win."""
     weighting: Weighting = "sigmoid"
     weighting_param: float = 2.0
     """k of sigmoid, gamma of p2 / min_snr (ignored otherwise)."""
@@ -70,12 +70,29 @@ class Config(RunConfig):
     state (the learned one for --schedule adaptive)."""
 
 
+# Run presets, chosen by measurement on digits (docs/howto/demo_models.md): `--demo` (under 3 minutes of training on
+# 2 CPU cores) and `--preset quality` (at most 20 minutes). No evaluation inside the demo's loop: each one scores
+# 512 samples, which would cost a third of its training time; the run's end scores the EMA model.
 DEMO = dict(
-    steps=4000,
-    batch_size=128,
-    lr=3e-3,
+    model="unet",
+    unet_channels=16,
+    steps=2000,
+    batch_size=64,
+    lr=2e-3,
     warmup=100,
-    eval_every=1000,
+    eval_every=0,
+    checkpoint_every=1000,
+    ema_decay=0.998,
+    dropout=0.1,
+)
+QUALITY = dict(
+    model="unet",
+    unet_channels=24,
+    steps=4000,
+    batch_size=64,
+    lr=2e-3,
+    warmup=100,
+    eval_every=2000,
     checkpoint_every=1000,
     ema_decay=0.998,
     dropout=0.1,
@@ -217,10 +234,11 @@ def check_maths(cfg: Config) -> tuple[vd.schedules.AbstractNoiseSchedule, vd.wei
 
 
 def prepare(cfg: Config) -> tuple[Config, Preset | None]:
-    """`cfg` with `--preset` and `--demo` filled in (explicit flags win), and the preset."""
+    """`cfg` with `--demo`, `--preset quality` or a model `--preset` filled in (explicit flags win), and the model
+    preset (None for `quality`)."""
     with _cli.flags(cfg):
-        cfg, preset = _launch.apply_model_preset(cfg, "gaussian", MODEL_FIELDS)
-    return apply_demo(cfg), preset
+        cfg = _launch.apply_run_preset(cfg, DEMO, QUALITY)  # before the model presets, which skip `quality`
+        return _launch.apply_model_preset(cfg, "gaussian", MODEL_FIELDS)
 
 
 def build_run(cfg: Config) -> _launch.Run:

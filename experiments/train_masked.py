@@ -51,7 +51,10 @@ class Config(RunConfig):
     sample_steps: int = 64
 
 
-DEMO = dict(steps=1500, eval_every=500, checkpoint_every=500, lr=2e-3, ema_decay=0.995, depth=2)
+# Run presets, chosen by measurement on digits (docs/howto/demo_models.md): `--demo` (a few minutes on 2 CPU cores)
+# and `--preset quality` (at most 20 minutes). No evaluation inside the demo's loop (the run's end scores it).
+DEMO = dict(steps=1500, eval_every=0, checkpoint_every=500, lr=2e-3, ema_decay=0.995, depth=2)
+QUALITY = dict(steps=4000, eval_every=2000, checkpoint_every=1000, lr=2e-3, ema_decay=0.998, depth=2)
 
 
 def build_schedule(cfg: Config) -> vd.masked.AbstractMaskingSchedule:
@@ -146,10 +149,11 @@ def validate(cfg: Config) -> tuple[vd.masked.AbstractMaskingSchedule, vd.weighti
 
 
 def prepare(cfg: Config) -> tuple[Config, Preset | None]:
-    """`cfg` with `--preset` and `--demo` filled in (explicit flags win), and the preset."""
+    """`cfg` with `--demo`, `--preset quality` or a model `--preset` filled in (explicit flags win), and the model
+    preset (None for `quality`)."""
     with _cli.flags(cfg):
-        cfg, preset = _launch.apply_model_preset(cfg, "masked", MODEL_FIELDS)
-    return apply_demo(cfg), preset
+        cfg = _launch.apply_run_preset(cfg, DEMO, QUALITY)  # before the model presets, which skip `quality`
+        return _launch.apply_model_preset(cfg, "masked", MODEL_FIELDS)
 
 
 def build_run(cfg: Config) -> _launch.Run:

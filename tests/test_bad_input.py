@@ -99,6 +99,8 @@ GAUSSIAN = [
     (["--resume", "--overwrite"], ["--overwrite", "contradict"]),
     (["--data", "toy:two_moons"], ["`--data`", "'toy'"]),
     (["--batch-size", "4096"], ["`--batch-size` (4096)", "use at most 1500"]),
+    (["--demo", "--preset", "quality"], ["`--demo` and `--preset quality` cannot be combined"]),
+    (["--preset", "qualty"], ["`--preset`: Unknown preset 'qualty'", "Or `quality`"]),
 ]
 MASKED = [
     (["--weighting", "sigmoid", "--weighting-param", "-50"], ["--weighting-param -50.0", "underflows"]),
@@ -106,6 +108,7 @@ MASKED = [
     (["--dim", "30", "--num-heads", "4"], ["`--dim` (30)", "`--num-heads` (4)"]),
     (["--num-heads", "0"], ["`--num-heads`", "got 0"]),
     (["--data", "toy:checkerboard"], ["`--data`", "discrete"]),
+    (["--demo", "--preset", "quality"], ["`--demo` and `--preset quality` cannot be combined"]),
 ]
 
 

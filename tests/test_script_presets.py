@@ -113,6 +113,24 @@ def test_explicit_flags_win_over_the_preset():
     assert cfg.weight_decay == 0.01  # a flag equal to the default cannot be told from no flag (as with --demo)
 
 
+@pytest.mark.parametrize("script", ["train_gaussian", "train_masked"])
+def test_quality_preset_fills_its_settings_and_explicit_flags_win(script):
+    """`--preset quality` fills the script's QUALITY settings (no model preset), except where a flag was given."""
+    mod = _script(script)
+    assert mod.QUALITY and set(mod.QUALITY) <= set(mod.Config.__dataclass_fields__)
+    args = ["--workdir", "w", "--preset", "quality", "--steps", "7", "--seed", "3"]
+    cfg, preset = mod.prepare(tyro.cli(mod.Config, args=args))
+    assert preset is None and cfg.preset == "quality" and cfg.steps == 7 and cfg.seed == 3 and not cfg.demo
+    assert mod.QUALITY["steps"] != 7
+    for field, value in mod.QUALITY.items():
+        if field != "steps":
+            assert getattr(cfg, field) == value, field
+    assert cfg != mod.Config(workdir="w", preset="quality", steps=7, seed=3)  # it changed something
+    assert mod.prepare(mod.Config(workdir="w")) == (mod.Config(workdir="w"), None)
+    with pytest.raises(ValueError, match=r"^`--demo` and `--preset quality` cannot be combined"):
+        mod.prepare(mod.Config(workdir="w", demo=True, preset="quality"))
+
+
 def test_preset_cli_names_build_the_preset_objects():
     """The script-level names a preset fills (`cli`) map to exactly the preset's schedule and weighting objects."""
     import equinox as eqx
