@@ -67,7 +67,7 @@ PRESETS: dict[str, dict[Family, dict[str, Any]]] = {
         "masked": dict(steps=200, eval_samples=256, sample_steps=32),
     },
 }
-# Shared by both presets: the demo's network and optimiser (see docs/howto/demo_search.md).
+# Shared by both presets: the demo's network and optimiser (see docs/howto/demo_models.md).
 BASE: dict[Family, dict[str, Any]] = {
     "gaussian": dict(train_gaussian.DEMO),
     "masked": dict(train_masked.DEMO),
