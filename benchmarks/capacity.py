@@ -243,8 +243,7 @@ class Config:
 def main(args: Config) -> dict:
     """Analyse every preset on every mesh; write and print one JSON line and a table."""
     _cli.in_range(args, "mfu", 0.0, 1.0, closed="(]")
-    if args.out.exists() and not args.out.is_dir():
-        raise _cli.ConfigError(f"`--out` {args.out} is a file, not a folder; choose another path.")
+    _cli.folder(args, "out")
     with _cli.flags(args, "presets"):
         presets = [get_preset(n) for n in args.presets]  # an unknown name is a ValueError listing the known ones
     results = []

@@ -88,6 +88,13 @@ def in_range(cfg: Any, name: str, lo: float, hi: float, *, closed: str = "[)") -
         raise ConfigError(f"`{flag(name)}` must lie in {closed[0]}{lo}, {hi}{closed[1]}; got {value!r}.")
 
 
+def folder(cfg: Any, name: str = "out") -> None:
+    """The path field `name` must be a folder or not exist yet (a file there is an error naming the flag)."""
+    path = pathlib.Path(getattr(cfg, name))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"`{flag(name)}` {path} is a file, not a folder; choose another path.")
+
+
 def _first_non_finite(obj: Any, path: str) -> str | None:
     if isinstance(obj, dict):
         items = obj.items()

@@ -91,8 +91,7 @@ def validate(cfg: Config) -> None:
         raise _cli.ConfigError(f"`--chunks` ({cfg.chunks}) must not exceed `--num-steps` ({cfg.num_steps}).")
     if not cfg.weightings:
         raise _cli.ConfigError("`--weightings` must name at least one weighting, e.g. --weightings sigmoid2 elbo.")
-    if cfg.workdir.exists() and not cfg.workdir.is_dir():
-        raise _cli.ConfigError(f"`--workdir` {cfg.workdir} is a file, not a folder; choose another path.")
+    _cli.folder(cfg, "workdir")
     with _cli.flags(cfg, "lam_min", "lam_max", "num_bins", "decay"):
         schedule = vd.adaptive.AdaptiveSchedule(cfg.lam_min, cfg.lam_max, num_bins=cfg.num_bins, decay=cfg.decay)
         vd.schedules.check_numerics(schedule)

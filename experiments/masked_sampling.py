@@ -58,8 +58,7 @@ class Config:
 def validate(cfg: Config) -> None:
     """Check the settings before anything is computed or written (`ConfigError` naming the flag)."""
     _cli.at_least(cfg, 0, "seed")
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise _cli.ConfigError(f"`--out` {cfg.out} is a file, not a folder; choose another path.")
+    _cli.folder(cfg, "out")
 
 
 def make_data(num_rows: int, length: int, vocab: int, seed: int) -> np.ndarray:

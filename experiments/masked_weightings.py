@@ -83,8 +83,7 @@ def validate(cfg: Config) -> None:
         raise _cli.ConfigError(f"`--dim` must be divisible by the 4 attention heads; got {cfg.dim}.")
     if cfg.draws < 2:
         raise _cli.ConfigError(f"`--draws` must be at least 2 (the standard error needs two); got {cfg.draws}.")
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise _cli.ConfigError(f"`--out` {cfg.out} is a file, not a folder; choose another path.")
+    _cli.folder(cfg, "out")
 
 
 def train_one(weighting, train, *, steps, batch, lr, schedule, key, dim, depth):

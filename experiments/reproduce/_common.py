@@ -29,8 +29,7 @@ def out_dir(name: str, description: str | None) -> pathlib.Path:
     """Parse `--out` (default `runs/reproduce/<name>/`) and create it; a bad `--out` is one `error:` line."""
     args = tyro.cli(Args, default=Args(out=pathlib.Path("runs/reproduce") / name), description=description)
     try:
-        if args.out.exists() and not args.out.is_dir():
-            raise _cli.ConfigError(f"`--out` {args.out} is a file, not a folder; choose another path.")
+        _cli.folder(args, "out")
         args.out.mkdir(parents=True, exist_ok=True)
     except (_cli.ConfigError, OSError) as e:
         if args.debug:

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from .._types import Array, Float, FloatScalarLike, Int
-from ..samplers import AbstractCountedDenoiser, calls_per_eval
+from ..samplers import AbstractGuidance
 
 
 _FLOOR = -1e9  # log-probabilities below this count as impossible (keeps (1 - w) * -inf finite)
 
 
-class Guided(AbstractCountedDenoiser):
+class Guided(AbstractGuidance):
     r"""Classifier-free guidance in log-probability space: $(1 - w)\log p_\varnothing + w \log p_c$.
 
     That is $p \propto p_\varnothing^{1-w} p_c^{w}$ per token (normalised by the samplers): $w = 0$ is the
@@ -26,22 +26,6 @@ class Guided(AbstractCountedDenoiser):
         null_label: the "no condition" label $\varnothing$ the model was trained with.
         scale: the guidance scale $w$.
     """
-
-    denoiser: Callable
-    label: Array
-    null_label: Array
-    scale: Float[Array, ""]
-
-    def __init__(self, denoiser: Callable, label, null_label, scale: FloatScalarLike):
-        self.denoiser = denoiser
-        self.label = jnp.asarray(label)
-        self.null_label = jnp.asarray(null_label)
-        self.scale = jnp.asarray(scale, dtype=jnp.float32)
-
-    @property
-    def calls_per_eval(self) -> int:
-        """Calls of the wrapped denoiser per evaluation (2, times the wrapped one's own)."""
-        return 2 * calls_per_eval(self.denoiser)
 
     def __call__(self, z: Int[Array, "*shape"], lam: FloatScalarLike) -> Float[Array, "*shape V"]:
         """Guided log-probabilities over the $V$ tokens (unnormalised for $w \\ne 0, 1$)."""

@@ -3,6 +3,7 @@
 from ._ancestral import Ancestral as Ancestral, ancestral as ancestral
 from ._common import (
     AbstractCountedDenoiser as AbstractCountedDenoiser,
+    AbstractGuidance as AbstractGuidance,
     calls_per_eval as calls_per_eval,
     Guided as Guided,
     guided as guided,

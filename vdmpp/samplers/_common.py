@@ -35,19 +35,10 @@ def calls_per_eval(denoiser: Callable) -> int:
     return 1
 
 
-class Guided(AbstractCountedDenoiser):
-    r"""Classifier-free guidance: $\hat\epsilon_\varnothing + w(\hat\epsilon_c - \hat\epsilon_\varnothing)$.
-
-    Scale $w = 0$ is the unconditional model, $w = 1$ the conditional one, $w > 1$ guides. Each
-    evaluation calls the wrapped denoiser twice (conditional and unconditional), and samplers count
-    both calls.
-
-    Args:
-        denoiser: `(z, lam, *, label) -> eps_hat` on one example.
-        label: the condition $c$.
-        null_label: the "no condition" label $\varnothing$ the model was trained with.
-        scale: the guidance scale $w$.
-    """
+class AbstractGuidance(AbstractCountedDenoiser):
+    """Classifier-free guidance of a conditional denoiser `(z, lam, *, label)`: the wrapped denoiser, the label
+    $c$, the null label $\varnothing$ and the scale $w$; two calls per evaluation. Subclasses combine the two
+    outputs (`Guided`: noise predictions; `vd.masked.Guided`: log-probabilities)."""
 
     denoiser: Callable
     label: Array
@@ -64,6 +55,21 @@ class Guided(AbstractCountedDenoiser):
     def calls_per_eval(self) -> int:
         """Calls of the wrapped denoiser per evaluation (2, times the wrapped one's own)."""
         return 2 * calls_per_eval(self.denoiser)
+
+
+class Guided(AbstractGuidance):
+    r"""Classifier-free guidance: $\hat\epsilon_\varnothing + w(\hat\epsilon_c - \hat\epsilon_\varnothing)$.
+
+    Scale $w = 0$ is the unconditional model, $w = 1$ the conditional one, $w > 1$ guides. Each
+    evaluation calls the wrapped denoiser twice (conditional and unconditional), and samplers count
+    both calls.
+
+    Args:
+        denoiser: `(z, lam, *, label) -> eps_hat` on one example.
+        label: the condition $c$.
+        null_label: the "no condition" label $\varnothing$ the model was trained with.
+        scale: the guidance scale $w$.
+    """
 
     def __call__(self, z: Float[Array, "*data"], lam: FloatScalarLike) -> Float[Array, "*data"]:
         """Return the guided $\\hat\\epsilon(z, \\lambda)$."""
