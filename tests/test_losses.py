@@ -131,6 +131,7 @@ def test_schedule_invariance_quadrature_float32(getkey):
         np.testing.assert_allclose(res, results[0], rtol=1e-4)
 
 
+@pytest.mark.slow  # CI time; the exact (quadrature) invariance tests below run in CI
 @settings(max_examples=5)  # each example makes 24 comparisons at 4 s.e.; keeps random (dev) runs from flaking
 @given(lam_min=st.floats(-6.0, -1.0), lam_max=st.floats(2.0, 10.0), seed=st.integers(0, 2**31 - 1))
 def test_schedule_invariance_monte_carlo(lam_min, lam_max, seed):

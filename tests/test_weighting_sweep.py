@@ -40,6 +40,7 @@ def test_rows_differ_only_in_the_weighting(tmp_path):
     assert {"ELBO", "IDDPM", "EDM", "EDM-monotonic", "sigmoid(k=2)", "FM"} < set(weighting_sweep.rows_of("gaussian"))
 
 
+@pytest.mark.slow  # CI time; the sweep's flags and report are tested above
 def test_sweep_tiny_end_to_end_and_resume(tmp_path, quick_feature_network):
     cfg = weighting_sweep.Config(
         out=str(tmp_path / "sweep"),
