@@ -169,6 +169,13 @@ def validate_run(cfg: RunConfig) -> None:
         )
 
 
+def validate_unet(cfg: Any) -> None:
+    """Check the `--unet-*` flags both scripts share (a U-Net's sizes)."""
+    _cli.at_least(cfg, 1, "unet_channels", "unet_res_blocks")
+    if not cfg.unet_mults or any(isinstance(m, bool) or m < 1 for m in cfg.unet_mults):
+        raise _cli.ConfigError(f"`--unet-mults` must be one or more integers >= 1, e.g. 1 2; got {cfg.unet_mults!r}.")
+
+
 @contextlib.contextmanager
 def claim(cfg: RunConfig) -> Iterator[None]:
     """Hold the workdir's lock from before anything is loaded (`fit` claims it again, nested) to the end."""

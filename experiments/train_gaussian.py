@@ -208,10 +208,9 @@ def validate(cfg: Config) -> None:
     `check_maths` once the data's number of levels fixes it.
     """
     _launch.validate_run(cfg)
-    _cli.at_least(cfg, 1, "adaptive_bins", "width", "depth", "emb_dim", "unet_channels", "unet_res_blocks")
+    _cli.at_least(cfg, 1, "adaptive_bins", "width", "depth", "emb_dim")
+    _launch.validate_unet(cfg)
     _cli.in_range(cfg, "dropout", 0.0, 1.0)
-    if not cfg.unet_mults or any(isinstance(m, bool) or m < 1 for m in cfg.unet_mults):
-        raise _cli.ConfigError(f"`--unet-mults` must be one or more integers >= 1, e.g. 1 2; got {cfg.unet_mults!r}.")
     _cli.finite(cfg, "lam_min", "weighting_param", "schedule_shift", "adaptive_decay")
     if cfg.lam_max is not None:
         check_maths(cfg)

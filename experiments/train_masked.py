@@ -43,9 +43,16 @@ class Config(RunConfig):
     """k of sigmoid."""
     importance: Literal["none", "adaptive"] = "none"
     """Draw lambda from the learned adaptive schedule (importance-weighted) instead of the masking schedule."""
+    model: Literal["transformer", "unet"] = "transformer"
+    """transformer: bidirectional Transformer over the flattened tokens (dim, depth, num_heads; any data);
+    unet: U-Net over embedded token images (unet_*, embed_dim; image data only, several times cheaper per step)."""
     dim: int = 128
     depth: int = 3
     num_heads: int = 4
+    embed_dim: int = 16
+    unet_channels: int = 32
+    unet_mults: tuple[int, ...] = (1, 2)
+    unet_res_blocks: int = 1
     dropout: float = 0.0
     num_samples: int = 36
     sample_steps: int = 64
@@ -116,7 +123,7 @@ def text_decoder(data: vd.data.Dataset) -> Callable[[np.ndarray], str] | None:
 
 
 # The network flags a --preset replaces (setting one with a preset is an error).
-MODEL_FIELDS = ("dim", "depth", "num_heads")
+MODEL_FIELDS = ("model", "dim", "depth", "num_heads", "embed_dim", "unet_channels", "unet_mults", "unet_res_blocks")
 
 
 def apply_demo(cfg: Config) -> Config:
@@ -128,7 +135,8 @@ def validate(cfg: Config) -> tuple[vd.masked.AbstractMaskingSchedule, vd.weighti
     """Check every setting before anything is loaded, compiled or written (`ConfigError` naming the flag); returns
     the masking schedule and the weighting, checked on the schedule's λ range."""
     _launch.validate_run(cfg)
-    _cli.at_least(cfg, 1, "dim", "depth", "num_heads")
+    _cli.at_least(cfg, 1, "dim", "depth", "num_heads", "embed_dim")
+    _launch.validate_unet(cfg)
     _cli.in_range(cfg, "dropout", 0.0, 1.0)
     _cli.finite(cfg, "schedule_param", "weighting_param")
     if cfg.dim % cfg.num_heads:
@@ -156,6 +164,32 @@ def prepare(cfg: Config) -> tuple[Config, Preset | None]:
         return _launch.apply_model_preset(cfg, "masked", MODEL_FIELDS)
 
 
+def build_unet(cfg: Config, vocab: int, example_shape: tuple[int, ...], lam_range, key) -> vd.nn.TokenUNet:
+    """The `--model unet` network: a U-Net over embedded token images (image data only)."""
+    factor = 2 ** (len(cfg.unet_mults) - 1)
+    if len(example_shape) != 3 or example_shape[0] % factor or example_shape[1] % factor:
+        raise _cli.ConfigError(
+            f"`--model unet` needs images (H, W, C) with H and W divisible by {factor} (from `--unet-mults` "
+            f"{list(cfg.unet_mults)}); the data's examples have shape {example_shape}. Use `--model transformer`."
+        )
+    return vd.nn.TokenUNet(
+        vocab,
+        example_shape,
+        embed_dim=cfg.embed_dim,
+        base_channels=cfg.unet_channels,
+        channel_mults=cfg.unet_mults,
+        num_res_blocks=cfg.unet_res_blocks,
+        attention_levels=(len(cfg.unet_mults) - 1,),
+        num_groups=min(8, cfg.unet_channels),
+        dropout=cfg.dropout,
+        lam_min=lam_range[0],
+        lam_max=lam_range[1],
+        key=key,
+        precision=_launch.precision_of(cfg),
+        remat=cfg.remat,
+    )
+
+
 def build_run(cfg: Config) -> _launch.Run:
     """Everything a run trains, from `cfg`: data, network, loss, training key (the config with its preset and
     demo filled in). Validates first; `experiments/posthoc_ema.py` calls it with a finished run's recorded config
@@ -171,7 +205,9 @@ def build_run(cfg: Config) -> _launch.Run:
     lam_range = lam_range_of(schedule)  # the run's one λ range: model embedding and importance schedule
     key = jr.key(cfg.seed)
     mkey, tkey = jr.split(key)
-    if preset is None:
+    if preset is None and cfg.model == "unet":
+        model = build_unet(cfg, vocab, example_shape, lam_range, mkey)
+    elif preset is None:
         model = vd.nn.Transformer(
             vocab,
             seq_len=int(np.prod(example_shape)),

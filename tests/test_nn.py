@@ -282,3 +282,43 @@ def test_as_denoiser_dropout_key_differs_per_example(mlp, getkey):
     assert np.abs(out[2] - out[0]).max() > 1e-2
     ref = np.asarray(model(z, 0.0, inference=True))
     assert not np.allclose(out[0], ref)  # dropout is on
+
+
+def test_token_unet_uniform_at_init_sees_neighbours_and_the_mask(getkey):
+    """The masked-diffusion U-Net: logits (H, W, C, V), zero at initialisation (uniform over V); once the
+    weights move, a pixel's logits depend on its neighbour's token, the mask is a symbol of its own, λ matters."""
+    net = vd.nn.TokenUNet(
+        5, (4, 4, 2), embed_dim=4, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_groups=4, key=getkey()
+    )
+    tokens = jr.randint(getkey(), (3, 4, 4, 2), 0, 6)
+    out = _apply_tokens(net, tokens, jnp.zeros(3), jr.split(getkey(), 3), True)
+    assert out.shape == (3, 4, 4, 2, 5) and out.dtype == jnp.float32 and net.mask_id == 5
+    np.testing.assert_array_equal(out, np.zeros(out.shape))
+    model = _perturb(net, getkey(), scale=0.3)
+    base = jr.randint(getkey(), (4, 4, 2), 0, 5)
+    tokens = jnp.stack([base, base.at[1, 1, 0].set((base[1, 1, 0] + 1) % 5), base.at[1, 1, 0].set(5), base])
+    lam = jnp.array([0.0, 0.0, 0.0, 4.0])
+    out = np.asarray(_apply_tokens(model, tokens, lam, jr.split(getkey(), 4), True))
+    assert np.all(np.isfinite(out))
+    assert np.abs(out[0, 1, 2] - out[1, 1, 2]).max() > 1e-4  # the neighbour's token
+    assert np.abs(out[0, 1, 2] - out[2, 1, 2]).max() > 1e-4  # masked vs real token
+    assert np.abs(out[0] - out[3]).max() > 1e-4  # λ conditioning
+    assert model.with_precision(vd.nn.Precision(jnp.bfloat16)).precision.compute_dtype == jnp.bfloat16
+
+
+def test_token_unet_bad_inputs():
+    net = vd.nn.TokenUNet(
+        3, (4, 4, 1), embed_dim=2, base_channels=4, channel_mults=(1,), attention_levels=(), num_groups=2, key=jr.key(0)
+    )
+    with pytest.raises((ValueError, RuntimeError), match=r"`tokens` must be in \[0, 3\]"):
+        net(jnp.full((4, 4, 1), 4), 0.0, inference=True)
+    with pytest.raises(ValueError, match=r"shape \(4, 4, 1\)"):
+        net(jnp.zeros((4, 4, 2), jnp.int32), 0.0, inference=True)
+    with pytest.raises(TypeError, match="parameter 'tokens'"):  # jaxtyping: not an H×W×C grid
+        net(jnp.zeros((16,), jnp.int32), 0.0, inference=True)
+    with pytest.raises(TypeError, match="integer array|parameter 'tokens'"):
+        net(jnp.zeros((4, 4, 1)), 0.0, inference=True)
+    with pytest.raises(ValueError, match="image_shape"):
+        vd.nn.TokenUNet(3, (4, 4, 0), key=jr.key(0))
+    with pytest.raises(TypeError, match="image_shape"):
+        vd.nn.TokenUNet(3, (16,), key=jr.key(0))  # pyright: ignore[reportArgumentType]

@@ -80,7 +80,19 @@ def _uvit(key):
     return net, jnp.arange(48).reshape(4, 4, 3) % 17, 1 + 1 + 2
 
 
-NETWORKS = {"MLP": _mlp, "Transformer": _transformer, "UNet_vdm": _unet_vdm, "DiT": _dit, "UViT": _uvit}
+def _token_unet(key):
+    net = vd.nn.TokenUNet(**_rebuild_kwargs("TokenUNet"), key=key)
+    return net, jnp.arange(16).reshape(4, 4, 1) % 6, 1 + 2 + 2
+
+
+NETWORKS = {
+    "MLP": _mlp,
+    "Transformer": _transformer,
+    "UNet_vdm": _unet_vdm,
+    "DiT": _dit,
+    "UViT": _uvit,
+    "TokenUNet": _token_unet,
+}
 _TAKES_LABEL = {"MLP", "UNet_vdm", "UViT"}
 
 
@@ -147,6 +159,16 @@ def _rebuild_kwargs(name):
             scale_shift=False,
         ),  # fmt: skip
         "DiT": dict(vocab_size=27, seq_len=16, dim=32, depth=2, num_heads=2, embed_dim=16, cond_dim=16),
+        "TokenUNet": dict(
+            vocab_size=5,
+            image_shape=(4, 4, 1),
+            embed_dim=4,
+            base_channels=8,
+            channel_mults=(1,),
+            num_res_blocks=1,
+            attention_levels=(),
+            num_groups=4,
+        ),
         "UViT": dict(
             vocab_size=16,
             image_shape=(4, 4, 3),

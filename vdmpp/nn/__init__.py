@@ -7,6 +7,7 @@ from ._embed import ClassEmbedding as ClassEmbedding, LamEmbedding as LamEmbeddi
 from ._mlp import MLP as MLP
 from ._params import num_parameters as num_parameters
 from ._precision import AbstractNetwork as AbstractNetwork, Precision as Precision
+from ._token_unet import TokenUNet as TokenUNet
 from ._transformer import Transformer as Transformer
 from ._unet import UNet as UNet
 from ._uvit import UViT as UViT

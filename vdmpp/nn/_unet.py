@@ -75,7 +75,8 @@ class UNet(AbstractNetwork):
     $\lambda$ (plus a class embedding with a null class when `num_classes` is set), self-attention at the
     levels listed in `attention_levels` and in the middle, dropout, strided-conv downsampling,
     nearest-neighbour upsampling, and a zero-initialised output convolution (an untrained model outputs 0).
-    The output has the shape of `z`; read it in the parameterisation you train (see [`vdmpp.nn.as_denoiser`][]).
+    The output has the shape of `z` (unless `out_channels` is set); read it in the parameterisation you train
+    (see [`vdmpp.nn.as_denoiser`][]).
 
     Sizes: tiny for tests (`base_channels=8, channel_mults=(1, 2), num_res_blocks=1`), ADM-like for
     CIFAR-10 (`base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=3, attention_levels=(1,),
@@ -103,6 +104,7 @@ class UNet(AbstractNetwork):
             False adds a projection of the embedding after the first convolution (VDM).
         precision: compute dtype policy ([`vdmpp.nn.Precision`][]); the output is float32.
         remat: rematerialise each residual block in the backward pass (`jax.checkpoint`).
+        out_channels: channels of the output (`None`: `channels`, the shape of `z`).
     """
 
     precision: Precision
@@ -144,9 +146,12 @@ class UNet(AbstractNetwork):
         scale_shift: bool = True,
         precision: Precision = Precision(),
         remat: bool = False,
+        out_channels: int | None = None,
     ):
+        out_channels = channels if out_channels is None else out_channels
         for name, value in (
             ("channels", channels),
+            ("out_channels", out_channels),
             ("base_channels", base_channels),
             ("num_res_blocks", num_res_blocks),
             ("num_heads", num_heads),
@@ -215,7 +220,7 @@ class UNet(AbstractNetwork):
                 upsample.append(Conv2d(ch, ch, 3, key=next(keys)))
         self.up, self.upsample = tuple(up), tuple(upsample)
         self.norm_out = GroupNorm(num_groups, ch)
-        self.conv_out = Conv2d(ch, channels, 3, zero_init=True, key=next(keys))
+        self.conv_out = Conv2d(ch, out_channels, 3, zero_init=True, key=next(keys))
 
     def __call__(
         self,
@@ -225,7 +230,7 @@ class UNet(AbstractNetwork):
         label: Int[Array, ""] | int | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool = False,
-    ) -> Float[Array, "H W C"]:
+    ) -> Float[Array, "H W C_out"]:
         """Apply the U-Net to one image."""
         factor = 2 ** (self.num_levels - 1)
         if z.ndim != 3 or z.shape[-1] != self.channels or z.shape[0] % factor or z.shape[1] % factor:
