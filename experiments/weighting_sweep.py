@@ -8,7 +8,7 @@ run reports test bits/dim and the sample-quality metrics of its EMA model (FD, K
 classifier confidence; `experiments/_evaluation.py`); the sweep reports their mean ± standard error over
 seeds, each paper's ordering against the one found, and which differences exceed 2 standard errors.
 
-    python experiments/weighting_sweep.py                   # default preset (about 90 minutes on 2 cores)
+    python experiments/weighting_sweep.py                   # default preset (under 90 minutes on 2 cores)
     python experiments/weighting_sweep.py --quick           # a few minutes
     python experiments/weighting_sweep.py --out runs/ws --families masked --seeds 5
 
@@ -22,10 +22,13 @@ its last checkpoint, so rerunning the same command completes the sweep.
 import contextlib
 import dataclasses
 import io
+import multiprocessing
 import pathlib
 import re
+import resource
 import sys
 import time
+from concurrent.futures import as_completed, ProcessPoolExecutor
 from typing import Any, Literal
 
 import vdmpp as vd
@@ -97,6 +100,8 @@ class Config:
     tiny: bool = False
     """Tiny networks (a smoke test of the whole pipeline in seconds; the numbers mean nothing)."""
     data: str = "digits"
+    jobs: int = 2
+    """Runs trained at the same time, each in its own process (one run keeps about one CPU core busy)."""
     progress: bool = True
 
 
@@ -148,8 +153,10 @@ def one_run(cfg: Config, family: Family, name: str, seed: int) -> dict[str, Any]
 
 def main(cfg: Config) -> dict[str, Any]:
     """Run (or complete) the sweep and write its JSON, PNGs and markdown; return the JSON."""
-    if not isinstance(cfg.seeds, int) or cfg.seeds < 1:
-        raise ValueError(f"`--seeds` must be a positive integer; got {cfg.seeds!r}.")
+    for name in ("seeds", "jobs"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`--{name}` must be a positive integer; got {value!r}.")
     known = {name for f in cfg.families for name in rows_of(f)}
     unknown = [r for r in cfg.rows if r not in known]
     if unknown:
@@ -163,9 +170,22 @@ def main(cfg: Config) -> dict[str, Any]:
     ]
     out = pathlib.Path(cfg.out)
     t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc="weighting sweep", disable=not cfg.progress, dynamic_ncols=True)
+    done: dict[tuple[Family, str, int], dict[str, Any]] = {}
+    if cfg.jobs == 1:
+        for job in jobs:
+            done[job] = one_run(cfg, *job)
+            bar.update()
+    else:  # spawned processes: each run gets a fresh JAX runtime
+        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(one_run, cfg, *job): job for job in jobs}
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                bar.update()
+    bar.close()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for family, name, seed in tqdm(jobs, desc="weighting sweep", disable=not cfg.progress, dynamic_ncols=True):
-        runs.setdefault(family, {}).setdefault(name, []).append(one_run(cfg, family, name, seed))
+    for family, name, seed in jobs:
+        runs.setdefault(family, {}).setdefault(name, []).append(done[(family, name, seed)])
     settings = {
         f: dataclasses.asdict(run_config(cfg, f, {}, 0, out / "x"))
         | {"workdir": None, "seed": None, "resume": None, "weighting": None}
@@ -173,6 +193,9 @@ def main(cfg: Config) -> dict[str, Any]:
     }
     result = _sweep_report.report(runs, config=dataclasses.asdict(cfg), settings=settings)
     result["sweep_seconds_this_session"] = time.perf_counter() - t0
+    result["sweep_cpu_seconds_this_session"] = sum(  # this process and its (finished) run processes
+        u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
     _sweep_report.write_outputs(out, result, runs_dir=out / "runs", slug=slug)
     print(_sweep_report.summary_text(result))
     print(f"outputs in {out.absolute()}: weighting_sweep.json, weighting_sweep.png, weighting_sweep.md, samples_*.png")

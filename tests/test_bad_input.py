@@ -35,7 +35,6 @@ import experiments.adaptive_schedule as adaptive_schedule  # noqa: E402
 import experiments.convert_to_array_record as convert_records  # noqa: E402
 import experiments.fd_noise as fd_noise  # noqa: E402
 import experiments.masked_sampling as masked_sampling  # noqa: E402
-import experiments.masked_weightings as masked_weightings  # noqa: E402
 import experiments.posthoc_ema as posthoc_ema  # noqa: E402
 import experiments.sample as sample_script  # noqa: E402
 import experiments.train_gaussian as tg  # noqa: E402
@@ -186,9 +185,6 @@ OTHER = [
     (adaptive_schedule, ["--num-steps", "10", "--chunks", "30"], ["`--chunks` (30)", "`--num-steps` (10)"]),
     (adaptive_schedule, ["--num-points", "5000"], ["`--num-points`", "5000"]),
     (adaptive_schedule, ["--lam-min", "8", "--lam-max", "-10"], ["--lam-min", "--lam-max"]),
-    (masked_weightings, ["--lr", "nan"], ["`--lr`", "nan"]),
-    (masked_weightings, ["--draws", "1"], ["`--draws`", "got 1"]),
-    (masked_weightings, ["--dim", "30"], ["`--dim`", "30"]),
     (masked_sampling, ["--seed", "-3"], ["`--seed`", "-3"]),
     (sample_script, ["--workdir", "no_such_run"], ["`--workdir`", "no_such_run"]),
     (sample_script, ["--workdir", "no_such_run", "--steps", "0"], ["`--steps`", "got 0"]),
@@ -313,7 +309,7 @@ def test_scripts_exit_2_with_one_line(tmp_path):
     g = _cli_run([str(ROOT / "experiments/train_gaussian.py"), "--workdir", "w", "--weighting-param", "-50"], tmp_path)
     assert g.returncode == 2 and g.stdout == "", g
     assert g.stderr.count("\n") == 1 and "--weighting-param -50.0" in g.stderr and "underflows" in g.stderr, g
-    m = _cli_run([str(ROOT / "experiments/masked_weightings.py"), "--lr", "nan"], tmp_path)
+    m = _cli_run([str(ROOT / "experiments/train_masked.py"), "--workdir", "w", "--lr", "nan"], tmp_path)
     assert m.returncode == 2 and m.stderr.startswith("error: `--lr` must be") and m.stderr.count("\n") == 1, m
     (tmp_path / "f").write_text("x")
     r = _cli_run([str(ROOT / "experiments/reproduce/fig2_schedules.py"), "--out", "f"], tmp_path)
