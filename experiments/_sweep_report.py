@@ -73,12 +73,28 @@ def mean_se(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(v)), "se": se, "n": int(v.size)}
 
 
-def compare(agg: dict[str, dict[str, Any]], metric: str, a: str, b: str) -> dict[str, Any]:
-    """Is row `a` better than row `b`? The difference in the better direction, its s.e., and whether > 2 s.e."""
+def compare(
+    agg: dict[str, dict[str, Any]], metric: str, a: str, b: str, runs: dict[str, list[dict[str, float]]] | None = None
+) -> dict[str, Any]:
+    """Is row `a` better than row `b`? The difference in the better direction, its s.e., and whether > 2 s.e.
+
+    With `runs` (each row's runs in seed order) the difference is paired by seed: a seed fixes the
+    initialisation and the data order for every row, so the s.e. is that of the per-seed differences, which
+    removes the seed's shared effect; the unpaired s.e. (independent means) is reported beside it.
+    """
     ma, mb = agg[a][metric], agg[b][metric]
     diff = _SIGN[metric] * (ma["mean"] - mb["mean"])  # > 0: a is better
-    se = math.sqrt(ma["se"] ** 2 + mb["se"] ** 2)
-    return {"a": a, "b": b, "advantage": diff, "se": se, "z": diff / se if se > 0 else float("nan")}
+    se_unpaired = math.sqrt(ma["se"] ** 2 + mb["se"] ** 2)
+    out = {"a": a, "b": b, "advantage": diff, "z_unpaired": diff / se_unpaired if se_unpaired > 0 else float("nan")}
+    if runs is not None and len(runs[a]) == len(runs[b]) >= 2:
+        d = _SIGN[metric] * (np.array([r[metric] for r in runs[a]]) - np.array([r[metric] for r in runs[b]]))
+        se = float(np.std(d, ddof=1) / math.sqrt(d.size))
+        out |= {"paired": True}
+    else:
+        se = se_unpaired
+        out |= {"paired": False}
+    z = diff / se if se > 0 else (math.copysign(math.inf, diff) if diff else float("nan"))  # se 0: exact
+    return out | {"se": se, "z": z}
 
 
 def _verdict(tests: list[dict[str, Any]]) -> str:
@@ -107,14 +123,14 @@ def report(runs: dict[str, dict[str, list[dict[str, float]]]], *, config: dict, 
         for k, _, sign in METRICS:
             have = [r for r in rows if k in rows[r]]
             orderings[fam][k] = sorted(have, key=lambda r: -sign * rows[r][k]["mean"])
-            pairs = [compare(rows, k, a, b) for a, b in itertools.combinations(orderings[fam][k], 2)]
+            pairs = [compare(rows, k, a, b, runs[fam]) for a, b in itertools.combinations(orderings[fam][k], 2)]
             significant[fam][k] = [p for p in pairs if abs(p["z"]) > 2]
     claims = []
     for c in CLAIMS:
         rows = agg.get(c["family"], {})
         if not all(a in rows and b in rows and c["metric"] in rows[a] for a, b in c["pairs"]):
             continue
-        tests = [compare(rows, c["metric"], a, b) for a, b in c["pairs"]]
+        tests = [compare(rows, c["metric"], a, b, runs[c["family"]]) for a, b in c["pairs"]]
         entry = {k: v for k, v in c.items() if k != "pairs"} | {"tests": tests, "verdict": _verdict(tests)}
         if "order" in c:
             found = orderings[c["family"]][c["metric"]]
@@ -154,8 +170,10 @@ def markdown(result: dict[str, Any]) -> str:
         for k, label, sign in METRICS[:3]:
             order = result["orderings"][fam][k]
             sig = result["significant_pairs"][fam][k]
-            lines.append(f"- {label}, best first: {' < '.join(order) if sign < 0 else ' > '.join(order)}; "
-                         f"{len(sig)} of {len(order) * (len(order) - 1) // 2} pairs differ by > 2 s.e.")  # fmt: skip
+            best = " < ".join(order) if sign < 0 else " > ".join(order)
+            npairs = len(order) * (len(order) - 1) // 2
+            sig_text = f"{len(sig)} of {npairs} pairs differ by > 2 s.e. (paired by seed)"
+            lines.append(f"- {label}, best first: {best}; {sig_text}")
         lines.append("")
     if result["claims"]:
         lines += [

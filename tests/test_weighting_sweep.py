@@ -77,24 +77,44 @@ def test_sweep_tiny_end_to_end_and_resume(tmp_path, quick_feature_network):
 
 
 def test_statistics_and_claims():
-    """Mean ± s.e., orderings and claim verdicts on made-up numbers (checked by hand)."""
+    """Mean ± s.e., paired and unpaired comparisons, orderings and claim verdicts on made-up numbers (by hand)."""
+    names = ("simple", "FM", "sigmoid(k=0)", "EDM", "ELBO", "IDDPM")
     runs = {
-        "masked": {
-            name: [{"test_bpd": 2.0, "test_fd": fd + d, "train_seconds": 1.0} for d in (-0.1, 0.1)]
-            for name, fd in zip(("simple", "FM", "sigmoid(k=0)", "EDM", "ELBO", "IDDPM"), (1, 2, 3, 4, 5, 6))
+        "masked": {  # FD 1..6 in the S&T order; seed offsets ±0.1 for even rows, ±0.2 for odd rows
+            name: [{"test_bpd": 2.0, "test_fd": fd + d * (1 + i % 2), "train_seconds": 1.0} for d in (-0.1, 0.1)]
+            for i, (name, fd) in enumerate(zip(names, (1, 2, 3, 4, 5, 6)))
         }
     }
     res = _sweep_report.report(runs, config={}, settings={})
     agg = res["aggregate"]["masked"]
-    assert agg["FM"]["test_fd"] == {"mean": pytest.approx(2.0), "se": pytest.approx(0.1), "n": 2}  # std 0.1414 / sqrt 2
-    assert res["orderings"]["masked"]["test_fd"] == ["simple", "FM", "sigmoid(k=0)", "EDM", "ELBO", "IDDPM"]
+    assert agg["FM"]["test_fd"] == {"mean": pytest.approx(2.0), "se": pytest.approx(0.2), "n": 2}  # std 0.283 / sqrt 2
+    assert res["orderings"]["masked"]["test_fd"] == list(names)
     (claim,) = res["claims"]
     assert claim["id"] == "st_fd_order" and claim["kendall_tau"] == pytest.approx(1.0)
-    # neighbours differ by 1 with s.e. sqrt(0.02) = 0.141: z = 7.07 > 2 for every pair
-    assert claim["verdict"].startswith("reproduced") and min(t["z"] for t in claim["tests"]) == pytest.approx(
-        7.071, 1e-3
-    )
+    t = {(x["a"], x["b"]): x for x in claim["tests"]}
+    # simple vs FM, per seed: FM - simple = 2 - 0.2 - (1 - 0.1) = 0.9 and 2.2 - 1.1 = 1.1: mean 1, s.e. 0.1
+    assert t["simple", "FM"]["paired"] and t["simple", "FM"]["advantage"] == pytest.approx(1.0)
+    assert t["simple", "FM"]["se"] == pytest.approx(0.1) and t["simple", "FM"]["z"] == pytest.approx(10.0)
+    assert t["simple", "FM"]["z_unpaired"] == pytest.approx(1.0 / math.sqrt(0.1**2 + 0.2**2))
+    # simple vs sigmoid: both ±0.1, so the per-seed difference is exactly 2: s.e. 0, z infinite
+    assert t["simple", "sigmoid(k=0)"]["se"] == 0.0 and t["simple", "sigmoid(k=0)"]["z"] == math.inf
+    assert claim["verdict"].startswith("reproduced")
     assert len(res["significant_pairs"]["masked"]["test_fd"]) == 15
     assert res["significant_pairs"]["masked"]["test_bpd"] == []  # all equal: no ordering is significant
     runs["masked"]["simple"] = [{"test_bpd": 2.0, "test_fd": 10 + d, "train_seconds": 1.0} for d in (-0.1, 0.1)]
     assert _sweep_report.report(runs, config={}, settings={})["claims"][0]["verdict"].startswith("contradicted")
+
+
+def test_docs_results_tables_are_the_committed_sweep_json():
+    """docs/results.md's sweep tables are `_sweep_report.markdown` of the sweep's JSON in docs/assets (not typed in):
+    both families, every row, at least 3 seeds each."""
+    result = json.loads((ROOT / "docs/assets/weighting_sweep/weighting_sweep.json").read_text())
+    for family in ("gaussian", "masked"):
+        assert set(result["aggregate"][family]) == set(weighting_sweep.rows_of(family)), family
+        assert all(m["test_fd"]["n"] >= 3 for m in result["aggregate"][family].values()), family
+    text = (ROOT / "docs/results.md").read_text()
+    start = "<!-- SWEEP tables: made from docs/assets/weighting_sweep/weighting_sweep.json -->\n"
+    end = "<!-- /SWEEP -->"
+    assert start in text and end in text
+    block = text.split(start, 1)[1].split(end, 1)[0]
+    assert block.strip() == _sweep_report.markdown(result).strip()
