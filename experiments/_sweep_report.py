@@ -141,6 +141,7 @@ def report(runs: dict[str, dict[str, list[dict[str, float]]]], *, config: dict, 
     return {
         "config": config,
         "settings": settings,
+        "row_order": {fam: list(rows) for fam, rows in runs.items()},  # the JSON's objects are sorted by key
         "runs": runs,
         "aggregate": agg,
         "orderings": orderings,
@@ -155,10 +156,16 @@ def _fmt(m: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{m['mean'] * scale:.{digits}f}{se}"
 
 
+def _row_order(result: dict[str, Any], fam: str) -> list[str]:
+    """The family's rows in the sweep's order (as written by `report`), else as stored."""
+    return result.get("row_order", {}).get(fam) or list(result["aggregate"][fam])
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results tables (mean ± s.e. over seeds), orderings and claims, as markdown."""
     lines = []
     for fam, rows in result["aggregate"].items():
+        rows = {row: rows[row] for row in _row_order(result, fam)}
         n = next(iter(rows.values()))["test_bpd"]["n"]
         lines += [f"**{fam.capitalize()}** ({n} seeds; mean ± standard error):", ""]
         head = ["weighting"] + [label + (" ×10³" if k == "test_kid" else "") for k, label, _ in METRICS]
@@ -212,7 +219,7 @@ def _plots(out: pathlib.Path, result: dict[str, Any], runs_dir: pathlib.Path, sl
     fig, axes = plt.subplots(len(fams), len(METRICS), figsize=(3.1 * len(METRICS), 3.3 * len(fams)), squeeze=False)
     for i, fam in enumerate(fams):
         rows = result["aggregate"][fam]
-        names = list(rows)
+        names = _row_order(result, fam)
         for j, (k, label, sign) in enumerate(METRICS):
             ax = axes[i, j]
             mean = [rows[r][k]["mean"] for r in names]
