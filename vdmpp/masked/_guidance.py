@@ -37,4 +37,4 @@ class Guided(AbstractGuidance):
 
 def guided(denoiser: Callable, label, null_label, scale: FloatScalarLike) -> Guided:
     """Wrap a conditional masked denoiser `(z, lam, *, label)` for classifier-free guidance (see `Guided`)."""
-    return Guided(denoiser, label, null_label, scale)
+    return Guided(denoiser, label, null_label, jnp.asarray(scale, jnp.float32))

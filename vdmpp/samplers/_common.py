@@ -84,7 +84,7 @@ def guided(denoiser: Callable, label, null_label, scale: FloatScalarLike) -> Gui
     The result is a plain `(z, lam) -> eps_hat` denoiser, usable by every sampler and by `log_likelihood`;
     samplers count two network calls per evaluation.
     """
-    return Guided(denoiser, label, null_label, scale)
+    return Guided(denoiser, label, null_label, jnp.asarray(scale, jnp.float32))
 
 
 def check_shape(shape) -> tuple[int, ...]:
