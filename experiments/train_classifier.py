@@ -34,6 +34,8 @@ class Config:
     """Adam steps (None: 20 epochs, clipped to 1000..2000)."""
     batch_size: int = 128
     lr: float = 3e-3
+    mixup: float = 0.2
+    """Mixup's Beta(α, α) parameter α (0: off, which gives the networks trained before mixup was the default)."""
     widths: tuple[int, ...] = (16, 32, 64)
     feature_dim: int = 64
     workdir: str | None = None
@@ -49,7 +51,12 @@ def main(cfg: Config) -> dict:
     """Train (or find in the cache), save, write summary.json; return the summary."""
     dataset = vd.data.load(cfg.data)
     clf = vd.metrics.ClassifierConfig(
-        widths=cfg.widths, feature_dim=cfg.feature_dim, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr
+        widths=cfg.widths,
+        feature_dim=cfg.feature_dim,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        mixup=cfg.mixup,
     )
     if cfg.workdir is None:
         net = vd.metrics.feature_network(

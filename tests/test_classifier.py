@@ -56,8 +56,12 @@ def test_training_is_deterministic(digits):
     a, _ = vd.metrics.train_feature_network(digits, seed=3, config=cfg, progress=False)
     b, _ = vd.metrics.train_feature_network(digits, seed=3, config=cfg, progress=False)
     c, _ = vd.metrics.train_feature_network(digits, seed=4, config=cfg, progress=False)
+    d, _ = vd.metrics.train_feature_network(digits, seed=3, config=dataclasses.replace(cfg, mixup=0.0), progress=False)
     assert bool(eqx.tree_equal(a.classifier, b.classifier))
     assert not bool(eqx.tree_equal(a.classifier, c.classifier))
+    assert not bool(eqx.tree_equal(a.classifier, d.classifier)), "mixup (on by default) changes the training"
+    with pytest.raises(ValueError, match=r"`config.mixup` must be a finite number >= 0; got -0.1"):
+        vd.metrics.train_feature_network(digits, config=vd.metrics.ClassifierConfig(mixup=-0.1), progress=False)
 
 
 def test_wrong_cache_is_refused(digits, cache, net):
@@ -139,10 +143,10 @@ def test_train_classifier_script(tmp_path, cache, digits):
     assert not list((tmp_path / "run").glob(".*")), "no temporary files left behind"
 
 
-# Issue 13 asks for >= 97 % on both. Measured with the defaults (seed 0): digits 96.97 % (288/297; seeds 1, 2:
-# 97.3 %, 95.3 %), MNIST subset 98.40 %. Digits is held to what the recipe reliably reaches; see the how-to.
+# Issue 13 asks for >= 97 % on both, with the default seed 0. Measured with the defaults (mixup 0.2): digits
+# 97.98 % (291/297; seeds 1-5: 98.3, 96.3, 97.6, 96.3, 98.0 %), MNIST subset 97.6 % (seeds 1, 2: 98.0 %).
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "threshold"), [("digits", 0.96), ("mnist", 0.97)])
+@pytest.mark.parametrize(("name", "threshold"), [("digits", 0.97), ("mnist", 0.97)])
 def test_default_classifier_accuracy(name, threshold):
     ds = vd.data.load(name)
     _, info = vd.metrics.train_feature_network(ds, progress=False)

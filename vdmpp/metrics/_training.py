@@ -22,9 +22,12 @@ from ..nn import Classifier
 from ._extractor import FeatureNetwork
 
 
+_NONNEGATIVE = ("max_rotation", "max_scale", "max_shift", "lr", "weight_decay", "label_smoothing", "ema_decay", "mixup")
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-    """Hyperparameters of the feature classifier and its training (part of the cache key).
+    r"""Hyperparameters of the feature classifier and its training (part of the cache key).
 
     Attributes:
         widths: channels per stage of [`vdmpp.nn.Classifier`][].
@@ -39,6 +42,10 @@ class ClassifierConfig:
         label_smoothing: weight of the uniform distribution mixed into the one-hot targets.
         ema_decay: the returned network is the exponential moving average of the weights with this decay
             (0: the last iterate).
+        mixup: mixup (Zhang et al. 2018, arXiv:1710.09412): each batch is mixed with a shuffled copy of
+            itself, $\tilde x = \lambda x_i + (1 - \lambda) x_j$ and $\tilde y = \lambda y_i + (1 - \lambda) y_j$
+            (one-hot targets) with $\lambda \sim \mathrm{Beta}(\alpha, \alpha)$ per example; this is $\alpha$
+            (0: off).
     """
 
     widths: tuple[int, ...] = (16, 32, 64)
@@ -52,6 +59,7 @@ class ClassifierConfig:
     max_shift: float | None = None
     label_smoothing: float = 0.0
     ema_decay: float = 0.0
+    mixup: float = 0.2
 
     def resolved(self, num_train: int, height: int) -> "ClassifierConfig":
         """With `steps` and `max_shift` filled in for a training set of `num_train` images of height `height`."""
@@ -109,16 +117,24 @@ def _augment(rng: np.random.Generator, x: np.ndarray, cfg: "ClassifierConfig", n
     return np.clip(np.rint(out), 0, num_levels - 1).astype(np.int32)
 
 
-def _loss(classifier: Classifier, x: jax.Array, y: jax.Array, smoothing: float) -> jax.Array:
+def _loss(
+    classifier: Classifier, x: jax.Array, y: jax.Array, key: jax.Array, smoothing: float, mixup: float
+) -> jax.Array:
+    targets = optax.smooth_labels(jax.nn.one_hot(y, classifier.num_classes, dtype=x.dtype), smoothing)
+    if mixup > 0:
+        key_lam, key_perm = jr.split(key)
+        lam = jr.beta(key_lam, mixup, mixup, (x.shape[0],), dtype=x.dtype)
+        perm = jr.permutation(key_perm, x.shape[0])
+        x = lam[:, None, None, None] * x + (1.0 - lam[:, None, None, None]) * x[perm]
+        targets = lam[:, None] * targets + (1.0 - lam[:, None]) * targets[perm]
     logits = jax.vmap(classifier)(x)
-    targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype), smoothing)
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
 @eqx.filter_jit
-def _step(classifier, ema, opt_state, x, y, optimizer, smoothing: float, ema_decay: float):
+def _step(classifier, ema, opt_state, x, y, key, optimizer, smoothing: float, mixup: float, ema_decay: float):
     with jax.numpy_dtype_promotion("standard"):  # optax's Adam update is not strict-promotion clean
-        loss, grads = eqx.filter_value_and_grad(_loss)(classifier, x, y, smoothing)
+        loss, grads = eqx.filter_value_and_grad(_loss)(classifier, x, y, key, smoothing, mixup)
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(classifier, eqx.is_inexact_array))
     classifier = eqx.apply_updates(classifier, updates)
     params, static = eqx.partition(classifier, eqx.is_inexact_array)
@@ -145,7 +161,8 @@ def train_feature_network(
 
     AdamW with warm-up and cosine decay on the cross-entropy; batches drawn with a NumPy generator seeded
     with `seed` and augmented by small random rotations, zooms and translations (re-quantised to the
-    data's levels); images scaled like the diffusion models' training data ([`vdmpp.losses.uint8_to_float`][]).
+    data's levels), then mixed by mixup (`config.mixup`); images scaled like the diffusion models' training
+    data ([`vdmpp.losses.uint8_to_float`][]).
 
     Args:
         dataset: a `vdmpp.data.Dataset` of labelled images.
@@ -162,7 +179,7 @@ def train_feature_network(
     cfg = config.resolved(dataset.train.shape[0], dataset.train.shape[1])
     steps = check_positive_int(cfg.steps, "config.steps")
     batch = min(check_positive_int(cfg.batch_size, "config.batch_size"), dataset.train.shape[0])
-    for name in ("max_rotation", "max_scale", "max_shift", "lr", "weight_decay", "label_smoothing", "ema_decay"):
+    for name in _NONNEGATIVE:
         value = getattr(cfg, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"`config.{name}` must be a finite number >= 0; got {value!r}.")
@@ -181,6 +198,8 @@ def train_feature_network(
     opt_state = optimizer.init(eqx.filter(classifier, eqx.is_inexact_array))
     ema = eqx.filter(classifier, eqx.is_inexact_array)
     rng = np.random.default_rng(seed)
+    mixup_key = jr.fold_in(jr.key(seed), 1)  # a stream apart from the initialisation's
+    floats = (float(cfg.label_smoothing), float(cfg.mixup), float(cfg.ema_decay))  # static: one compilation
     train, labels = dataset.train, dataset.train_labels
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=f"feature classifier ({fingerprint['name']})", disable=not progress, leave=False)
@@ -189,9 +208,8 @@ def train_feature_network(
         idx = rng.choice(train.shape[0], batch, replace=False)
         x = uint8_to_float(jnp.asarray(_augment(rng, train[idx], cfg, num_levels)), num_levels)
         y = jnp.asarray(labels[idx])
-        classifier, ema, opt_state, loss = _step(
-            classifier, ema, opt_state, x, y, optimizer, float(cfg.label_smoothing), float(cfg.ema_decay)
-        )
+        key = jr.fold_in(mixup_key, i)
+        classifier, ema, opt_state, loss = _step(classifier, ema, opt_state, x, y, key, optimizer, *floats)
         if i % 50 == 0 or i == steps - 1:
             bar.set_postfix(loss=f"{float(loss):.4f}")
     bar.close()
