@@ -167,7 +167,9 @@ def run(main: Callable[[C], Any], config: type[C], *, args: list[str] | None = N
     import tyro
 
     os.environ.setdefault("MPLBACKEND", "Agg")
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    # XLA's persistent compilation cache (the repository's .cache/jax, as `make` uses; set the variable to ''
+    # to turn it off). In the environment, so that the processes a script spawns share it.
+    cache = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
     if cache:
         import jax
 

@@ -176,6 +176,23 @@ def validate_unet(cfg: Any) -> None:
         raise _cli.ConfigError(f"`--unet-mults` must be one or more integers >= 1, e.g. 1 2; got {cfg.unet_mults!r}.")
 
 
+def unet_kwargs(cfg: Any, lam_range: tuple[float, float]) -> dict[str, Any]:
+    """The U-Net keywords both scripts build from their flags (`vd.nn.UNet`, `vd.nn.TokenUNet`): sizes from
+    `--unet-*`, attention at the coarsest level, dropout, precision, remat, the log-SNR embedding's range."""
+    return dict(
+        base_channels=cfg.unet_channels,
+        channel_mults=cfg.unet_mults,
+        num_res_blocks=cfg.unet_res_blocks,
+        attention_levels=(len(cfg.unet_mults) - 1,),
+        num_groups=min(8, cfg.unet_channels),
+        dropout=cfg.dropout,
+        lam_min=lam_range[0],
+        lam_max=lam_range[1],
+        precision=precision_of(cfg),
+        remat=cfg.remat,
+    )
+
+
 @contextlib.contextmanager
 def claim(cfg: RunConfig) -> Iterator[None]:
     """Hold the workdir's lock from before anything is loaded (`fit` claims it again, nested) to the end."""

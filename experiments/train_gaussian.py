@@ -159,20 +159,7 @@ def build_model(cfg: Config, data: vd.data.Dataset, lam_range: tuple[float, floa
     shape = data.example_shape
     lam_min, lam_max = lam_range
     if cfg.model == "unet":
-        return vd.nn.UNet(
-            shape[-1],
-            precision=_launch.precision_of(cfg),
-            remat=cfg.remat,
-            base_channels=cfg.unet_channels,
-            channel_mults=cfg.unet_mults,
-            num_res_blocks=cfg.unet_res_blocks,
-            attention_levels=(len(cfg.unet_mults) - 1,),
-            num_groups=min(8, cfg.unet_channels),
-            dropout=cfg.dropout,
-            lam_min=lam_min,
-            lam_max=lam_max,
-            key=key,
-        )
+        return vd.nn.UNet(shape[-1], key=key, **_launch.unet_kwargs(cfg, lam_range))
     net = vd.nn.MLP(
         int(np.prod(shape)),
         width=cfg.width,

@@ -183,20 +183,7 @@ def build_unet(cfg: Config, vocab: int, example_shape: tuple[int, ...], lam_rang
             f"{list(cfg.unet_mults)}); the data's examples have shape {example_shape}. Use `--model transformer`."
         )
     return vd.nn.TokenUNet(
-        vocab,
-        example_shape,
-        embed_dim=cfg.embed_dim,
-        base_channels=cfg.unet_channels,
-        channel_mults=cfg.unet_mults,
-        num_res_blocks=cfg.unet_res_blocks,
-        attention_levels=(len(cfg.unet_mults) - 1,),
-        num_groups=min(8, cfg.unet_channels),
-        dropout=cfg.dropout,
-        lam_min=lam_range[0],
-        lam_max=lam_range[1],
-        key=key,
-        precision=_launch.precision_of(cfg),
-        remat=cfg.remat,
+        vocab, example_shape, embed_dim=cfg.embed_dim, key=key, **_launch.unet_kwargs(cfg, lam_range)
     )
 
 

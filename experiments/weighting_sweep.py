@@ -168,12 +168,14 @@ def main(cfg: Config) -> dict[str, Any]:
     unknown = [r for r in cfg.rows if r not in known]
     if unknown:
         raise ValueError(f"`--rows` {unknown} are not rows of {list(cfg.families)}; choose from {sorted(known)}.")
+    # Seed-major within a family: a row's later seeds start after its first finished, so they reuse its
+    # compiled step from the persistent compilation cache instead of compiling it at the same time.
     jobs: list[tuple[Family, str, int]] = [
         (family, name, seed)
         for family in cfg.families
+        for seed in range(cfg.seeds)
         for name in (rows_of(family) if cfg.rows else rows_of(family, cfg.quick))
         if not cfg.rows or name in cfg.rows
-        for seed in range(cfg.seeds)
     ]
     out = pathlib.Path(cfg.out)
     t0 = time.perf_counter()

@@ -211,6 +211,59 @@ def test_step_compiles_once_and_donates_the_state(getkey):
     assert int(s.step) == 4 and int(m["skipped"]) == 0
 
 
+def test_step_without_graph_checks_is_the_same_step_with_no_host_callback(getkey):
+    # The masked loss's in-graph checks (token ids, alpha in [0, 1]) are host callbacks, which the persistent
+    # compilation cache does not store; `fit` traces its step without them (graph_checks=False) and checks every
+    # batch on the host instead.
+    model = TinyTokenModel(17, 8, key=getkey())
+    loss = vd.train.MaskedLoss(vd.masked.LinearSchedule(), vd.weighting.Sigmoid(1.0), mask_id=17)
+    opt = vd.train.make_optimizer(1e-2, 0, 10)
+    state = vd.train.init_train_state(model, opt, loss, key=getkey())
+    batch = {"x": jnp.asarray(fake_data(8))}
+    assert "callback" in _step(loss, opt).lower(state, batch).as_text()
+    assert "callback" not in _step(loss, opt, graph_checks=False).lower(state, batch).as_text()
+    s1, m1 = _step(loss, opt)(_copy(state), batch)
+    s2, m2 = _step(loss, opt, graph_checks=False)(_copy(state), batch)
+    assert _bitwise_equal(s1, s2) and float(m1["loss"]) == float(m2["loss"])
+    with pytest.raises(Exception, match="`tokens` holds ids outside"):  # with the checks: a run-time error
+        jax.block_until_ready(_step(loss, opt)(_copy(state), {"x": batch["x"].at[0, 0].set(17)}))
+
+
+def test_losses_check_batches_on_the_host():
+    loss = _loss()
+    loss.check_batch({"x": fake_data(4)})
+    with pytest.raises(ValueError, match=r'`batch\["x"\]` holds levels in \[17, 17\]; they must lie in \[0, 16\]'):
+        loss.check_batch({"x": np.full((2, 16), 17, np.uint8)})
+    with pytest.raises(TypeError, match="integer levels"):
+        loss.check_batch({"x": np.zeros((2, 16), np.float32)})
+    masked = vd.train.MaskedLoss(vd.masked.LinearSchedule(), vd.weighting.ELBO(), mask_id=5)
+    masked.check_batch({"x": np.array([[0, 4]])})
+    with pytest.raises(ValueError, match=r"token ids in \[-1, 4\].*`mask_id`"):
+        masked.check_batch({"x": np.array([[-1, 4]])})
+    with pytest.raises(ValueError, match=r"holds levels in \[17, 17\]"):  # evaluate_bpd checks too
+        bad = np.full((2, 4, 4, 1), 17, np.uint8)
+        vd.train.evaluate_bpd(TinyDenoiser(16, 8, key=jr.key(0)), loss, bad, key=jr.key(0), sched_state=None)
+
+
+def test_fit_checks_every_batch_on_the_host(tmp_path):
+    model, loss, opt, loop, _ = build(steps=6, every=2)
+    data = fake_data()
+    data[::3, 0, 0, 0] = 17  # a level outside [0, 17) in a third of the examples
+    with pytest.raises(ValueError, match=r'`batch\["x"\]` holds levels in \[0, 17\].*`num_levels`'):
+        vd.train.fit(
+            model,
+            loss,
+            opt,
+            pipeline(data, 16, seed=0),
+            loop=loop,
+            workdir=tmp_path,
+            config=CONFIG,
+            key=jr.key(0),
+            sharding=_one_device(),
+        )
+    assert not (tmp_path / "checkpoints").is_dir() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_step_updates_ema(getkey):
     state, loss, opt, batch = _setup(getkey)
     # EMA recursion after one step, on one leaf: 0.5 * old + 0.5 * new

@@ -1,8 +1,12 @@
 """Shared argument checks and small helpers (one copy each; private to the library)."""
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +30,28 @@ def concrete(x: Any) -> np.ndarray | None:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+
+
+_GRAPH_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar("vdmpp_graph_checks", default=True)
+
+
+@contextlib.contextmanager
+def in_graph_checks(enabled: bool) -> Iterator[None]:
+    """Trace with (the default) or without the library's in-graph value checks (`error_if`)."""
+    token = _GRAPH_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _GRAPH_CHECKS.reset(token)
+
+
+def error_if(x: Any, pred: Any, msg: str) -> Any:
+    """`eqx.error_if(x, pred, msg)`, or `x` unchanged when traced inside `in_graph_checks(False)`.
+
+    The check is a host callback, and XLA's persistent compilation cache does not store a program that holds
+    one: a caller that checks its inputs on the host instead (`vd.train.fit` checks every batch) traces without.
+    """
+    return eqx.error_if(x, pred, msg) if _GRAPH_CHECKS.get() else x
 
 
 def is_int(value: Any) -> bool:

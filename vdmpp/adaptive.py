@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from ._misc import check_data, check_positive_int
+from ._misc import check_data, check_positive_int, error_if
 from ._types import Array, Float, PRNGKeyArray
 from .losses import weighted_loss
 from .schedules import (
@@ -72,7 +72,7 @@ def calibrate(
     data = check_data(data, "data", floating=True)
     # traced here (jitted): NaN rows would give NaN targets, which `update` ignores, a silent no-op. The check is
     # tied to the returned state, so it is never dropped as dead code (e.g. for a denoiser that ignores its input).
-    state = eqx.error_if(state, ~jnp.all(jnp.isfinite(data)), "`data` must be finite; it holds NaN/inf values.")
+    state = error_if(state, ~jnp.all(jnp.isfinite(data)), "`data` must be finite; it holds NaN/inf values.")
 
     def step(state, k):
         ikey, lkey = jr.split(k)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._misc import check_batch_shape, concrete, is_int
+from .._misc import check_batch_shape, concrete, error_if, is_int
 from .._types import Array, Float, PRNGKeyArray, Shaped
 from ..process import vp_alpha_sigma
 from ..schedules import AbstractSchedule, AbstractTimeSampler, LowDiscrepancy
@@ -98,7 +98,7 @@ def _check_levels(x_int, num_levels: int) -> Array:
             )
     else:
         wide = x_int.astype(jnp.int32)  # compare in int32: uint8 cannot hold num_levels = 256
-        x_int = eqx.error_if(x_int, (wide < 0) | (wide >= num_levels), "`x_uint8` values outside [0, num_levels).")
+        x_int = error_if(x_int, (wide < 0) | (wide >= num_levels), "`x_uint8` values outside [0, num_levels).")
     return x_int
 
 

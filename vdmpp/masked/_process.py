@@ -4,13 +4,12 @@ Each token of $x$ independently stays with probability $\alpha_t$, else becomes 
 may have any shape (a sequence, an H×W×C pixel grid); the mask id is always explicit.
 """
 
-import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jaxtyping import Bool
 
-from .._misc import concrete
+from .._misc import concrete, error_if
 from .._types import Array, FloatLike, Int, PRNGKeyArray, Shaped
 from ._schedules import AbstractMaskingSchedule
 
@@ -36,7 +35,7 @@ def check_tokens(tokens, *, mask_id: int, vocab_size: int | None = None, name: s
     values = concrete(tokens)
     if values is None:
         bad = (tokens < 0) | (tokens >= hi) | (tokens == mask_id)
-        return eqx.error_if(tokens, bad, f"`{name}` holds ids outside [0, vocab_size) or equal to mask_id.")
+        return error_if(tokens, bad, f"`{name}` holds ids outside [0, vocab_size) or equal to mask_id.")
     if values.size:
         lo_v, hi_v = int(values.min()), int(values.max())
         if lo_v < 0 or hi_v >= hi:
@@ -54,7 +53,7 @@ def check_tokens(tokens, *, mask_id: int, vocab_size: int | None = None, name: s
 def checked_alpha(alpha: Array) -> Array:
     """Error (inside jit too) when a schedule produced $\\alpha \\notin [0, 1]$."""
     bad = ~((alpha >= 0) & (alpha <= 1))
-    return eqx.error_if(alpha, bad, "The masking schedule returned alpha outside [0, 1]; check its parameters.")
+    return error_if(alpha, bad, "The masking schedule returned alpha outside [0, 1]; check its parameters.")
 
 
 def _expand(a: Array, ndim: int) -> Array:

@@ -18,7 +18,7 @@ import jax.random as jr
 import numpy as np
 from jax import lax
 
-from .._misc import check_finite, check_instance, check_positive_int, concrete
+from .._misc import check_finite, check_instance, check_positive_int, concrete, error_if
 from .._types import Array, Int, PRNGKeyArray
 from ..samplers import calls_per_eval
 from ._sampling import (
@@ -243,7 +243,7 @@ class FirstHitting(AbstractMaskedSampler):
         steps = _first_hitting_calls(num_steps, num_tokens, num_free)
         if num_steps is not None and num_free is None:  # a traced condition: check the bound at run time
             most = jnp.max(jnp.sum((flat_z == mask_id) & ~flat_frozen, axis=1))
-            flat_z = eqx.error_if(flat_z, most > steps, "FirstHitting: `num_steps` is below the tokens to generate.")
+            flat_z = error_if(flat_z, most > steps, "FirstHitting: `num_steps` is below the tokens to generate.")
         (flat_z, _), _ = lax.scan(step, (flat_z, log1m_a), jnp.arange(steps))
         return flat_z.reshape(z.shape)
 

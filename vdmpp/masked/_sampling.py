@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .._misc import check_positive_int, concrete
+from .._misc import check_positive_int, concrete, error_if
 from .._types import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 from ._elbo import infer_vocab_size
 from ._process import check_mask_id
@@ -221,5 +221,5 @@ class Condition(eqx.Module):
             raise ValueError(f"Condition `tokens` at given positions must be token ids in [0, {vocab}).")
         if values is None:
             msg = f"Condition `tokens` at given positions must be token ids in [0, {vocab})."
-            tokens = eqx.error_if(tokens, jnp.any(bad), msg)
+            tokens = error_if(tokens, jnp.any(bad), msg)
         return jnp.where(given, tokens, mask_id), given

@@ -9,7 +9,7 @@ import jax.random as jr
 from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
 from ._adaln import AdaLNZeroBlock, FinalLayer, glu_hidden
-from ._embed import _dropout_key, LamEmbedding
+from ._embed import _dropout_key, check_tokens, LamEmbedding
 from ._layers import Embedding, init_rng, Linear, sub_key
 from ._precision import AbstractNetwork, call_block, Precision, to_float32
 
@@ -129,22 +129,9 @@ class DiT(AbstractNetwork):
         inference: bool = False,
     ) -> Float[Array, "*shape V"]:
         """Logits over the V real tokens at every position of one token array."""
-        tokens = jnp.asarray(tokens)
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise TypeError(f"`tokens` must be an integer array of token ids; got dtype {tokens.dtype}.")
-        shape, length = tokens.shape, math.prod(tokens.shape)
-        if self.seq_len is not None and length != self.seq_len:
-            raise ValueError(
-                f"`tokens` has {length} positions (shape {shape}) but the model was built with seq_len="
-                f"{self.seq_len} (one example; vmap over a batch outside)."
-            )
+        flat = check_tokens(tokens, self.vocab_size, seq_len=self.seq_len).reshape(-1)
+        shape = jnp.shape(tokens)
         key = _dropout_key(self.dropout_rate, key, inference)
-        flat = tokens.reshape(length).astype(jnp.int32)
-        flat = eqx.error_if(
-            flat,
-            (flat < 0) | (flat > self.vocab_size),
-            f"`tokens` must be in [0, {self.vocab_size}] (ids 0..{self.vocab_size - 1}, mask {self.vocab_size}).",
-        )
         x = self.precision.cast(self.token_embed(flat))
         if self.inp is not None:
             x = self.inp(x)

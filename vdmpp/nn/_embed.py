@@ -13,7 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._misc import check_positive_int
+from .._misc import check_positive_int, error_if
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
 from ._layers import Embedding, init_rng, Linear, sub_key
 from ._precision import Precision
@@ -131,7 +131,7 @@ class ClassEmbedding(eqx.Module):
         index = jnp.asarray(self.num_classes if label is None else label)
         if index.shape != () or not jnp.issubdtype(index.dtype, jnp.integer):
             raise TypeError(f"`label` must be an integer scalar (one example); got {index.dtype}{list(index.shape)}.")
-        index = eqx.error_if(
+        index = error_if(
             index,
             (index < 0) | (index > self.num_classes),
             f"`label` must be in [0, {self.num_classes}] ({self.num_classes} is the null class).",
@@ -152,3 +152,32 @@ def _dropout_key(dropout: float, key: PRNGKeyArray | None, inference: bool) -> P
             "`key=...` for training, or `inference=True` for evaluation and sampling."
         )
     return key
+
+
+def check_tokens(
+    tokens: Int[Array, "..."],
+    vocab_size: int,
+    *,
+    shape: tuple[int, ...] | None = None,
+    seq_len: int | None = None,
+    what: str = "ids",
+) -> Int[Array, "..."]:
+    """One example's tokens as int32, checked for the token networks: an integer dtype, the model's `shape` (or
+    `seq_len` positions), and values in [0, V] (ids 0..V-1 and the mask V; checked at run time)."""
+    tokens = jnp.asarray(tokens)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"`tokens` must be an integer array of token {what}; got dtype {tokens.dtype}.")
+    if shape is not None and tokens.shape != shape:
+        raise ValueError(
+            f"`tokens` must have shape {shape} (one example; vmap over a batch outside); got {tokens.shape}."
+        )
+    if seq_len is not None and math.prod(tokens.shape) != seq_len:
+        raise ValueError(
+            f"`tokens` has {math.prod(tokens.shape)} positions (shape {tokens.shape}) but the model was built with "
+            f"seq_len={seq_len} (one example; vmap over a batch outside)."
+        )
+    return error_if(
+        tokens.astype(jnp.int32),
+        (tokens < 0) | (tokens > vocab_size),
+        f"`tokens` must be in [0, {vocab_size}] ({what} 0..{vocab_size - 1}, mask {vocab_size}).",
+    )

@@ -1,10 +1,10 @@
 r"""A U-Net denoiser for masked diffusion on token images: embedded tokens in, logits per pixel out."""
 
 import equinox as eqx
-import jax.numpy as jnp
 
 from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
+from ._embed import check_tokens
 from ._layers import Embedding, init_rng, sub_key
 from ._precision import AbstractNetwork, Precision
 from ._unet import UNet
@@ -95,20 +95,8 @@ class TokenUNet(AbstractNetwork):
         inference: bool = False,
     ) -> Float[Array, "H W C V"]:
         """Logits over the V real tokens at every pixel and channel of one token image."""
-        tokens = jnp.asarray(tokens)
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise TypeError(f"`tokens` must be an integer array of token ids; got dtype {tokens.dtype}.")
-        if tokens.shape != self.image_shape:
-            raise ValueError(
-                f"`tokens` must be one token image of shape {self.image_shape} (vmap over a batch outside); "
-                f"got shape {tokens.shape}."
-            )
-        tokens = eqx.error_if(
-            tokens,
-            (tokens < 0) | (tokens > self.vocab_size),
-            f"`tokens` must be in [0, {self.vocab_size}] (ids 0..{self.vocab_size - 1}, mask {self.vocab_size}).",
-        )
+        tokens = check_tokens(tokens, self.vocab_size, shape=self.image_shape)
         h, w, c = self.image_shape
-        x = self.token_embed(tokens.astype(jnp.int32)).reshape(h, w, -1)
+        x = self.token_embed(tokens).reshape(h, w, -1)
         logits = self.unet(x, lam, key=key, inference=inference)
         return logits.reshape(h, w, c, self.vocab_size)

@@ -1,7 +1,5 @@
 r"""A bidirectional transformer denoiser for masked diffusion over token grids (pixels or characters)."""
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,7 @@ import jax.random as jr
 
 from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
-from ._embed import _dropout_key, LamEmbedding, sinusoidal
+from ._embed import _dropout_key, check_tokens, LamEmbedding, sinusoidal
 from ._layers import Embedding, init_rng, LayerNorm, Linear, SelfAttention, sub_key
 from ._precision import AbstractNetwork, call_block, Precision, to_float32
 
@@ -157,23 +155,9 @@ class Transformer(AbstractNetwork):
         inference: bool = False,
     ) -> Float[Array, "*shape V"]:
         """Logits over the V real tokens at every position of one token array."""
-        tokens = jnp.asarray(tokens)
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise TypeError(f"`tokens` must be an integer array of token ids; got dtype {tokens.dtype}.")
-        shape = tokens.shape
-        length = math.prod(shape)
-        if self.seq_len is not None and length != self.seq_len:
-            raise ValueError(
-                f"`tokens` has {length} positions (shape {shape}) but the model was built with seq_len="
-                f"{self.seq_len} (one example; vmap over a batch outside)."
-            )
+        flat = check_tokens(tokens, self.vocab_size, seq_len=self.seq_len).reshape(-1)
+        shape, length = jnp.shape(tokens), flat.shape[0]
         key = _dropout_key(self.dropout_rate, key, inference)
-        flat = tokens.reshape(length).astype(jnp.int32)
-        flat = eqx.error_if(
-            flat,
-            (flat < 0) | (flat > self.vocab_size),
-            f"`tokens` must be in [0, {self.vocab_size}] (ids 0..{self.vocab_size - 1}, mask {self.vocab_size}).",
-        )
         x = self.token_embed(flat)
         if self.pos_embed is not None:
             x = x + self.pos_embed.weight

@@ -11,7 +11,7 @@ import numpy as np
 from .._misc import check_positive_int
 from .._types import Array, Float, FloatScalarLike, Int, PRNGKeyArray
 from ._adaln import AdaLNZeroBlock, FinalLayer
-from ._embed import _check_label, _dropout_key, ClassEmbedding, LamEmbedding
+from ._embed import _check_label, _dropout_key, check_tokens, ClassEmbedding, LamEmbedding
 from ._layers import Conv2d, Embedding, GroupNorm, init_rng, Linear, sub_key
 from ._precision import AbstractNetwork, call_block, Precision, to_float32
 
@@ -226,29 +226,16 @@ class UViT(AbstractNetwork):
         inference: bool = False,
     ) -> Float[Array, "H W C V"]:
         """Logits over the V real levels at every sub-pixel of one image."""
-        tokens = jnp.asarray(tokens)
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise TypeError(f"`tokens` must be an integer array of pixel levels; got dtype {tokens.dtype}.")
-        if tokens.shape != self.image_shape:
-            raise ValueError(
-                f"`tokens` must have shape {self.image_shape} (one image; vmap over a batch outside); "
-                f"got {tokens.shape}."
-            )
+        tokens = check_tokens(tokens, self.vocab_size, shape=self.image_shape, what="levels")
         _check_label(self.num_classes, label)
         key = _dropout_key(self.dropout_rate, key, inference)
         num_keys = len(self.down) + len(self.dit) + len(self.up)
         keys = iter([None] * num_keys if key is None else list(jr.split(key, num_keys)))
         height, width, chans = self.image_shape
-        flat = tokens.astype(jnp.int32)
-        flat = eqx.error_if(
-            flat,
-            (flat < 0) | (flat > self.vocab_size),
-            f"`tokens` must be in [0, {self.vocab_size}] (levels 0..{self.vocab_size - 1}, mask {self.vocab_size}).",
-        )
         cond = self.lam_embed(lam, self.precision)
         if self.class_embed is not None:
             cond = cond + self.precision.cast(self.class_embed(label))
-        h = self.precision.cast(self.token_embed(flat)).reshape(height, width, -1)
+        h = self.precision.cast(self.token_embed(tokens)).reshape(height, width, -1)
         h = self.conv_in(h)
         hs = [h]
         for block in self.down:

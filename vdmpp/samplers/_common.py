@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._misc import concrete
+from .._misc import concrete, error_if
 from .._types import Array, Float, FloatScalarLike
 
 
@@ -150,7 +150,7 @@ def check_z_init(z_init, shape: tuple[int, ...]) -> Array:
         if not np.all(np.isfinite(values)):
             raise ValueError(f"`z_init` must be finite; it holds {int(np.sum(~np.isfinite(values)))} NaN/inf value(s).")
         return z
-    return eqx.error_if(z, ~jnp.all(jnp.isfinite(z)), "`z_init` must be finite; it holds NaN/inf values.")
+    return error_if(z, ~jnp.all(jnp.isfinite(z)), "`z_init` must be finite; it holds NaN/inf values.")
 
 
 def float_dtype(dtype) -> jnp.dtype:

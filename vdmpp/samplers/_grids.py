@@ -13,7 +13,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._misc import check_finite, check_positive_int, concrete
+from .._misc import check_finite, check_positive_int, concrete, error_if
 from .._types import Array, ArrayLike, Float
 from ..schedules import AbstractSchedule
 
@@ -42,7 +42,7 @@ def check_grid(lams: Array, what: str) -> Array:
             )
         return lams
     bad = ~jnp.all(jnp.isfinite(lams)) | jnp.any(jnp.diff(lams) <= 0)
-    return eqx.error_if(lams, bad, f"{what} must give finite log-SNRs increasing strictly from noise to data.")
+    return error_if(lams, bad, f"{what} must give finite log-SNRs increasing strictly from noise to data.")
 
 
 class AbstractGrid(eqx.Module):

@@ -9,6 +9,7 @@ import jax.random as jr
 import numpy as np
 
 from .._io import atomic_write_bytes
+from .._misc import in_graph_checks
 from ..data import RecordArray
 from ._metrics import image_grid, save_png
 from ._objective import AbstractLoss
@@ -23,7 +24,8 @@ class NonFiniteLossError(FloatingPointError):
 
 @eqx.filter_jit
 def _eval_bpd(model, loss: AbstractLoss, batch, key, sched_state):
-    return loss.bits_per_dim(model, batch, key=key, sched_state=sched_state)
+    with in_graph_checks(False):  # the data were checked on the host (`evaluate_bpd`): a cacheable program
+        return loss.bits_per_dim(model, batch, key=key, sched_state=sched_state)
 
 
 def evaluate_bpd(
@@ -43,6 +45,7 @@ def evaluate_bpd(
     n = data.shape[0]
     if n == 0:
         raise ValueError("`data` for evaluation is empty.")
+    loss.check_batch({"x": data})
     b = min(batch_size, n)
     total = 0.0
     starts = [s for _ in range(repeats) for s in range(0, n, b)]

@@ -15,7 +15,7 @@ from ..process import AbstractParameterisation, EpsPrediction
 from ..samplers import AbstractSampler, Ancestral, sample
 from ..schedules import AbstractNoiseSchedule, AbstractSchedule, AbstractTimeSampler, LinearLogSNR, LowDiscrepancy
 from ..weighting import AbstractWeighting
-from ._objective import AbstractLoss, Batch
+from ._objective import AbstractLoss, Batch, check_int_range
 
 
 class GaussianLoss(AbstractLoss):
@@ -63,6 +63,10 @@ class GaussianLoss(AbstractLoss):
     def update_schedule(self, sched_state: Any, aux: Any, axis_name: str | None = None) -> Any:
         """Feed the step's $(\\lambda, w\\|\\epsilon-\\hat\\epsilon\\|^2)$ to the schedule (THEORY §5)."""
         return self.schedule.update(sched_state, aux.lam, aux.values, axis_name=axis_name)
+
+    def check_batch(self, batch: Batch) -> None:
+        """Integer levels in [0, num_levels) (on the host)."""
+        check_int_range(batch, self.num_levels, "levels", "Set `num_levels` to the data's number of levels.")
 
     def _scale(self, x: Array) -> Array:
         if jnp.issubdtype(x.dtype, jnp.integer):

@@ -213,8 +213,14 @@ def _fit(
     except BaseException:
         ckpt.close()
         raise
-    train_step = make_train_step(
-        loss, optimizer, ema_decay=loop.ema_decay, accum_steps=loop.accum_steps, sharding=sharding, posthoc=posthoc
+    train_step = make_train_step(  # without in-graph checks (cacheable): every batch is checked on the host below
+        loss,
+        optimizer,
+        ema_decay=loop.ema_decay,
+        accum_steps=loop.accum_steps,
+        sharding=sharding,
+        posthoc=posthoc,
+        graph_checks=False,
     )
     state = sharding.shard_state(state)
     iterator = iter(dataset)
@@ -257,6 +263,7 @@ def _fit(
                     "The data pipeline yielded no (more) batches: the batch size is larger than the data set "
                     "or num_epochs is too small. Lower the batch size or repeat the data."
                 ) from None
+            loss.check_batch(local)
             batch = sharding.shard_batch(local)
             state, metrics = train_step(state, batch)
             if int(metrics["skipped"]):

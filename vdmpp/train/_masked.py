@@ -15,7 +15,7 @@ from ..masked import AbstractMaskedSampler, AbstractMaskingSchedule, Ancestral, 
 from ..nn import ModelDenoiser
 from ..schedules import AbstractNoiseSchedule, AbstractSchedule, AbstractTimeSampler, EmptyState, LowDiscrepancy
 from ..weighting import AbstractWeighting
-from ._objective import AbstractLoss, Batch
+from ._objective import AbstractLoss, Batch, check_int_range
 
 
 class MaskedLoss(AbstractLoss):
@@ -56,6 +56,10 @@ class MaskedLoss(AbstractLoss):
         if self.importance is None:
             return sched_state
         return self.importance.update(sched_state, aux.lam, aux.values, axis_name=axis_name)
+
+    def check_batch(self, batch: Batch) -> None:
+        """Token ids in [0, V) with V = `mask_id` (on the host)."""
+        check_int_range(batch, self.mask_id, "token ids", "`mask_id` is the vocabulary size V (ids 0..V-1).")
 
     def _tokens(self, batch: Batch) -> Array:
         x = batch["x"]

@@ -10,6 +10,7 @@ import abc
 from typing import Any
 
 import equinox as eqx
+import numpy as np
 
 from .._types import Array, Float, Int, PRNGKeyArray
 from ..schedules import AbstractSchedule
@@ -53,6 +54,11 @@ class AbstractLoss(eqx.Module):
         inference mode, drawn with `sampler` (a sampler strategy of the loss's kind; `None`: the loss's own, the
         one `sample` uses), and the network calls per sample (a Python int)."""
 
+    def check_batch(self, batch: Batch) -> None:
+        """Check one batch's values on the host, before they reach the device: `vd.train.fit` calls it on every
+        batch and traces its train step without the in-graph checks (so the persistent compilation cache can
+        store the step). The default checks nothing; raise a ValueError naming the bad values."""
+
     def sample(
         self, model: Any, sched_state: Any, *, key: PRNGKeyArray, shape: tuple[int, ...], num_steps: int
     ) -> Int[Array, " num_samples *example"]:
@@ -64,3 +70,14 @@ class AbstractLoss(eqx.Module):
     @abc.abstractmethod
     def noise_density(self, sched_state: Any) -> tuple[AbstractSchedule, AbstractWeighting] | None:
         r"""The schedule over $\lambda$ that training draws from and the weighting, for the $p(\lambda)$ plot."""
+
+
+def check_int_range(batch: Batch, high: int, what: str, fix: str) -> None:
+    """`batch["x"]` must hold integers in [0, high) (on the host, NumPy)."""
+    x = np.asarray(batch["x"])
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f'`batch["x"]` must hold integer {what}; got dtype {x.dtype}.')
+    if x.size:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= high:
+            raise ValueError(f'`batch["x"]` holds {what} in [{lo}, {hi}]; they must lie in [0, {high - 1}]. {fix}')

@@ -17,7 +17,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 import optax
 
-from .._misc import check_instance, check_positive_int
+from .._misc import check_instance, check_positive_int, in_graph_checks
 from .._types import Array, Int, PRNGKeyArray
 from ._objective import AbstractLoss, Batch
 from ._posthoc import PostHocEMA
@@ -236,6 +236,7 @@ class TrainStep:
         accum_steps: int = 1,
         sharding: Sharding | None = None,
         posthoc: PostHocEMA | None = None,
+        graph_checks: bool = True,
     ):
         check_instance(loss, AbstractLoss, "loss", "vd.train.GaussianLoss(...)")
         check_positive_int(accum_steps, "accum_steps")
@@ -247,16 +248,17 @@ class TrainStep:
         self.accum_steps, self.sharding, self.posthoc = accum_steps, sharding, posthoc
 
         def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
-            return _step(
-                state,
-                batch,
-                loss=loss,
-                optimizer=optimizer,
-                ema_decay=self.ema_decay,
-                accum_steps=accum_steps,
-                sharding=sharding,
-                posthoc=posthoc,
-            )
+            with in_graph_checks(graph_checks):  # at trace time
+                return _step(
+                    state,
+                    batch,
+                    loss=loss,
+                    optimizer=optimizer,
+                    ema_decay=self.ema_decay,
+                    accum_steps=accum_steps,
+                    sharding=sharding,
+                    posthoc=posthoc,
+                )
 
         self._jit = jax.jit(step, donate_argnums=0)
 
@@ -277,6 +279,7 @@ def make_train_step(
     accum_steps: int = 1,
     sharding: Sharding | None = None,
     posthoc: PostHocEMA | None = None,
+    graph_checks: bool = True,
 ) -> TrainStep:
     """Build the jitted training step (see `TrainStep`).
 
@@ -288,5 +291,16 @@ def make_train_step(
         sharding: a `vdmpp.train.Sharding`; the output state is constrained to its layout.
         posthoc: update the state's power-function EMAs (`PostHocEMA`; the state must come from
             `init_train_state(..., posthoc=)` with the same profiles).
+        graph_checks: keep the library's in-graph value checks (`eqx.error_if`) in the step. They are host
+            callbacks, and XLA's persistent compilation cache does not store a program that holds one; `fit`
+            passes False and checks every batch on the host instead (`AbstractLoss.check_batch`).
     """
-    return TrainStep(loss, optimizer, ema_decay=ema_decay, accum_steps=accum_steps, sharding=sharding, posthoc=posthoc)
+    return TrainStep(
+        loss,
+        optimizer,
+        ema_decay=ema_decay,
+        accum_steps=accum_steps,
+        sharding=sharding,
+        posthoc=posthoc,
+        graph_checks=graph_checks,
+    )
