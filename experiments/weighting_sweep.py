@@ -9,7 +9,7 @@ classifier confidence; `experiments/_evaluation.py`); the sweep reports their me
 seeds, each paper's ordering against the one found, and which differences exceed 2 standard errors.
 
     python experiments/weighting_sweep.py                   # default preset (under 90 minutes on 2 cores)
-    python experiments/weighting_sweep.py --quick           # about 10 minutes
+    python experiments/weighting_sweep.py --quick           # under 5 minutes (4.4 from a cold compilation cache)
     python experiments/weighting_sweep.py --out runs/ws --families masked --seeds 5
 
 Writes OUT/weighting_sweep.json (every run's numbers, the aggregates, orderings, significant pairs),
@@ -60,8 +60,8 @@ MASKED_ROWS: dict[str, dict[str, Any]] = {
 }
 
 # The family presets: everything but the weighting (and the seed). `default` is the demos' networks and
-# optimisers (docs/howto/demo_models.md) at half their steps, sized so the sweep fits in 90 minutes on 2 cores;
-# `quick` is small networks for a few minutes (the numbers are noisy, the pipeline is the same).
+# optimisers (docs/howto/demo_models.md) at 1000 steps, sized so the sweep fits in 90 minutes on 2 cores;
+# `quick` is small networks, under 5 minutes on 2 cores (a check of the pipeline: its numbers are poor and noisy).
 PRESETS: dict[str, dict[Family, dict[str, Any]]] = {
     "default": {
         "gaussian": dict(train_gaussian.DEMO, steps=1000, eval_samples=512, sample_steps=250),
@@ -88,7 +88,8 @@ class Config:
     """Output folder (resume-safe: rerun the same command to continue)."""
     quick: bool = False
     """The quick preset (small networks, 2 seeds, the papers' rows without the sigmoid-k sweep: a check of the
-    pipeline, its numbers are noisy; about 10 minutes on 2 cores) instead of the default (under 90 minutes)."""
+    pipeline, its numbers are poor and noisy; 264 s on 2 cores from a cold compilation cache) instead of the
+    default (under 90 minutes)."""
     seeds: int | None = None
     """Seeds per row (None: 3, or 2 with --quick)."""
     families: tuple[Family, ...] = ("gaussian", "masked")
@@ -139,9 +140,14 @@ def run_config(cfg: Config, family: Family, row: dict[str, Any], seed: int, work
     )
 
 
+def run_dir(cfg: Config, family: Family, name: str, seed: int) -> pathlib.Path:
+    """The workdir of one (row, seed)."""
+    return pathlib.Path(cfg.out) / "runs" / family / slug(name) / f"seed{seed}"
+
+
 def one_run(cfg: Config, family: Family, name: str, seed: int) -> dict[str, Any]:
     """Train and evaluate one (row, seed), or read back its finished summary; return its numbers."""
-    workdir = pathlib.Path(cfg.out) / "runs" / family / slug(name) / f"seed{seed}"
+    workdir = run_dir(cfg, family, name, seed)
     summary_path = workdir / "summary.json"
     if not summary_path.is_file():
         run_cfg = run_config(cfg, family, rows_of(family)[name], seed, workdir)
@@ -181,13 +187,19 @@ def main(cfg: Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc="weighting sweep", disable=not cfg.progress, dynamic_ncols=True)
     done: dict[tuple[Family, str, int], dict[str, Any]] = {}
-    if cfg.jobs == 1:
-        for job in jobs:
+    for job in jobs:  # finished runs are read back here, without starting a process
+        if (run_dir(cfg, *job) / "summary.json").is_file():
             done[job] = one_run(cfg, *job)
             bar.update()
-    else:  # spawned processes: each run gets a fresh JAX runtime
-        with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(one_run, cfg, *job): job for job in jobs}
+    pending = [job for job in jobs if job not in done]
+    if cfg.jobs == 1 or len(pending) <= 1:
+        for job in pending:
+            done[job] = one_run(cfg, *job)
+            bar.update()
+    else:  # spawned worker processes, one JAX runtime each (reused from run to run)
+        workers = min(cfg.jobs, len(pending))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(one_run, cfg, *job): job for job in pending}
             for future in as_completed(futures):
                 done[futures[future]] = future.result()
                 bar.update()

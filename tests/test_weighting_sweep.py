@@ -40,13 +40,12 @@ def test_rows_differ_only_in_the_weighting(tmp_path):
     assert {"ELBO", "IDDPM", "EDM", "EDM-monotonic", "sigmoid(k=2)", "FM"} < set(weighting_sweep.rows_of("gaussian"))
 
 
-@pytest.mark.slow  # CI time; the sweep's flags and report are tested above
 def test_sweep_tiny_end_to_end_and_resume(tmp_path, quick_feature_network):
+    """Both families at tiny size through the whole pipeline, the runs in two spawned processes (as `--jobs 2`)."""
     cfg = weighting_sweep.Config(
         out=str(tmp_path / "sweep"),
         quick=True,
         seeds=2,
-        families=("gaussian",),  # the masked runs take the same path through the sweep (train_masked.main)
         rows=("ELBO",),
         steps=2,
         eval_samples=64,  # the sample grid's size: one sampler compilation serves both
@@ -55,22 +54,29 @@ def test_sweep_tiny_end_to_end_and_resume(tmp_path, quick_feature_network):
         progress=False,
     )
     result = weighting_sweep.main(cfg)
-    for fam in ("gaussian",):
+    for fam in ("gaussian", "masked"):
         m = result["aggregate"][fam]["ELBO"]
         runs = result["runs"][fam]["ELBO"]
         assert len(runs) == 2 and m["test_bpd"]["n"] == 2
         assert m["test_bpd"]["mean"] == pytest.approx(np.mean([r["test_bpd"] for r in runs]))
         assert m["test_fd"]["se"] == pytest.approx(np.std([r["test_fd"] for r in runs], ddof=1) / math.sqrt(2))
+        assert runs[0]["test_fd"] != runs[1]["test_fd"]  # two seeds, two models
     out = tmp_path / "sweep"
-    for name in ("weighting_sweep.json", "weighting_sweep.png", "weighting_sweep.md", "samples_gaussian.png"):
+    for name in ("weighting_sweep.json", "weighting_sweep.png", "weighting_sweep.md", "samples_masked.png"):
         assert (out / name).is_file(), name
-    for name in ("samples/gaussian_elbo.png", "runs/gaussian/elbo/seed1/summary.json"):
+    for name in (
+        "samples/gaussian_elbo.png",
+        "runs/gaussian/elbo/seed1/summary.json",
+        "runs/masked/elbo/seed1/run.log",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "weighting_sweep.json").read_text())["aggregate"] == json.loads(
         json.dumps(result["aggregate"])
     )
-    # rerunning reads the finished runs back (nothing retrained): the same numbers
-    again = weighting_sweep.main(cfg)
+    # rerunning reads the finished runs back (nothing retrained, no process started): the same numbers
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(weighting_sweep, "ProcessPoolExecutor", None)  # starting a process would fail
+        again = weighting_sweep.main(cfg)
     assert again["runs"] == result["runs"]
     with pytest.raises(ValueError, match=r"`--rows` \['nope'\] are not rows"):
         weighting_sweep.main(weighting_sweep.Config(out=str(tmp_path / "x"), rows=("nope",)))
