@@ -11,6 +11,7 @@ seeds, each paper's ordering against the one found, and which differences exceed
     python experiments/weighting_sweep.py                   # default preset (under 90 minutes on 2 cores)
     python experiments/weighting_sweep.py --quick           # under 5 minutes (4.4 from a cold compilation cache)
     python experiments/weighting_sweep.py --out runs/ws --families masked --seeds 5
+    python experiments/weighting_sweep.py --rescore         # a finished sweep's samples, today's classifier
 
 Writes OUT/weighting_sweep.json (every run's numbers, the aggregates, orderings, significant pairs),
 OUT/weighting_sweep.png (bars with ±1 s.e.), OUT/weighting_sweep.md (the tables of docs/results.md),
@@ -21,11 +22,14 @@ its last checkpoint, so rerunning the same command completes the sweep.
 
 import contextlib
 import dataclasses
+import functools
 import io
+import json
 import multiprocessing
 import pathlib
 import re
 import resource
+import shutil
 import sys
 import time
 from concurrent.futures import as_completed, ProcessPoolExecutor
@@ -36,7 +40,7 @@ from tqdm.auto import tqdm
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments import _launch, _sweep_report, train_gaussian, train_masked  # noqa: E402
+from experiments import _launch, _sweep_report, sample, train_gaussian, train_masked  # noqa: E402
 
 
 Family = Literal["gaussian", "masked"]
@@ -105,6 +109,10 @@ class Config:
     data: str = "digits"
     jobs: int = 2
     """Runs trained at the same time, each in its own process (one run keeps about one CPU core busy)."""
+    rescore: bool = False
+    """Score every run's samples with today's default feature network: `sample.py` redraws each finished run's own
+    samples from its last checkpoint (bits/dim still come from its summary). For a sweep scored with an earlier
+    classifier; written to each run's rescored/<network>/ and read back on a rerun."""
     progress: bool = True
 
 
@@ -145,6 +153,38 @@ def run_dir(cfg: Config, family: Family, name: str, seed: int) -> pathlib.Path:
     return pathlib.Path(cfg.out) / "runs" / family / slug(name) / f"seed{seed}"
 
 
+@functools.cache
+def network_name(data: str) -> str:
+    """The default feature network of `data`, named by its cache entry (data fingerprint, seed, config)."""
+    return vd.metrics.feature_network_path(vd.data.load(data)).name
+
+
+def rescored_dir(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
+    """Where `--rescore` writes a run's samples scored by the default feature network."""
+    return workdir / "rescored" / network_name(cfg.data)
+
+
+def finished(cfg: Config, job: tuple[Family, str, int]) -> bool:
+    """The run's numbers are on disk (its summary, and with `--rescore` its rescored samples' scores)."""
+    workdir = run_dir(cfg, *job)
+    return (workdir / "summary.json").is_file() and not (
+        cfg.rescore and not (rescored_dir(cfg, workdir) / "sample.json").is_file()
+    )
+
+
+def rescore(cfg: Config, workdir: pathlib.Path) -> dict[str, float]:
+    """The sample metrics of a finished run's own samples (redrawn) under the default feature network."""
+    out = rescored_dir(cfg, workdir)
+    if not (out / "sample.json").is_file():
+        partial = out.with_name(out.name + ".partial")  # sample.py never overwrites: write aside, then rename
+        shutil.rmtree(partial, ignore_errors=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            sample.main(sample.Config(workdir=str(workdir), out=str(partial), progress=False))
+        partial.rename(out)
+    metrics = json.loads((out / "sample.json").read_text())["metrics"]
+    return {k: float(metrics[k]) for k, _, _ in _sweep_report.METRICS if k in metrics}
+
+
 def one_run(cfg: Config, family: Family, name: str, seed: int) -> dict[str, Any]:
     """Train and evaluate one (row, seed), or read back its finished summary; return its numbers."""
     workdir = run_dir(cfg, family, name, seed)
@@ -158,7 +198,8 @@ def one_run(cfg: Config, family: Family, name: str, seed: int) -> dict[str, Any]
             script.main(run_cfg)
         vd.train.atomic_write_bytes(workdir / "run.log", log.getvalue().encode())
         tqdm.write(f"{family:8s} {name:14s} seed {seed}: {time.perf_counter() - t0:.0f} s")
-    return _sweep_report.numbers(summary_path)
+    numbers = _sweep_report.numbers(summary_path)
+    return numbers | rescore(cfg, workdir) if cfg.rescore else numbers
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -188,7 +229,7 @@ def main(cfg: Config) -> dict[str, Any]:
     bar = tqdm(total=len(jobs), desc="weighting sweep", disable=not cfg.progress, dynamic_ncols=True)
     done: dict[tuple[Family, str, int], dict[str, Any]] = {}
     for job in jobs:  # finished runs are read back here, without starting a process
-        if (run_dir(cfg, *job) / "summary.json").is_file():
+        if finished(cfg, job):
             done[job] = one_run(cfg, *job)
             bar.update()
     pending = [job for job in jobs if job not in done]
@@ -213,6 +254,8 @@ def main(cfg: Config) -> dict[str, Any]:
         for f in cfg.families
     }
     result = _sweep_report.report(runs, config=dataclasses.asdict(cfg), settings=settings)
+    if cfg.rescore:  # every run's sample metrics come from this network (else from each run's own summary)
+        result["feature_network"] = network_name(cfg.data)
     result["sweep_seconds_this_session"] = time.perf_counter() - t0
     result["sweep_cpu_seconds_this_session"] = sum(  # this process and its (finished) run processes
         u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))

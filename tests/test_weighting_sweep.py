@@ -1,5 +1,6 @@
 """experiments/weighting_sweep.py end to end at tiny size, its statistics, and the docs' tables against its JSON."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -78,6 +79,17 @@ def test_sweep_tiny_end_to_end_and_resume(tmp_path, quick_feature_network):
         mp.setattr(weighting_sweep, "ProcessPoolExecutor", None)  # starting a process would fail
         again = weighting_sweep.main(cfg)
     assert again["runs"] == result["runs"]
+    # --rescore redraws each run's own samples (sample.py) and scores them with the default feature network:
+    # here the network that scored them in training, so the same numbers; then read back without a process
+    rescored = weighting_sweep.main(dataclasses.replace(cfg, rescore=True))
+    for fam in ("gaussian", "masked"):
+        for r, r2 in zip(result["runs"][fam]["ELBO"], rescored["runs"][fam]["ELBO"]):
+            assert r2 == pytest.approx(r, rel=1e-6, abs=1e-9)
+    assert rescored["feature_network"] == vd.metrics.feature_network_path(vd.data.load("digits")).name
+    assert (out / "runs/masked/elbo/seed1/rescored" / rescored["feature_network"] / "samples.npz").is_file()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(weighting_sweep, "ProcessPoolExecutor", None)
+        assert weighting_sweep.main(dataclasses.replace(cfg, rescore=True))["runs"] == rescored["runs"]
     with pytest.raises(ValueError, match=r"`--rows` \['nope'\] are not rows"):
         weighting_sweep.main(weighting_sweep.Config(out=str(tmp_path / "x"), rows=("nope",)))
 
