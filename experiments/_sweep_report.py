@@ -164,6 +164,11 @@ def _row_order(result: dict[str, Any], fam: str) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     """The results tables (mean ± s.e. over seeds), orderings and claims, as markdown."""
     lines = []
+    if "feature_network" in result:  # `--rescore`: one network scored every run's samples
+        lines += [
+            f"Sample metrics: every run's samples scored with the feature network `{result['feature_network']}`.",
+            "",
+        ]
     for fam, rows in result["aggregate"].items():
         rows = {row: rows[row] for row in _row_order(result, fam)}
         n = next(iter(rows.values()))["test_bpd"]["n"]
@@ -234,10 +239,10 @@ def _plots(out: pathlib.Path, result: dict[str, Any], runs_dir: pathlib.Path, sl
     fig.tight_layout()
     vd.train.save_figure(fig, out / "weighting_sweep.png")
     for fam in fams:
-        names = list(result["aggregate"][fam])
+        names = _row_order(result, fam)
         cols = min(5, len(names))
         rows_n = math.ceil(len(names) / cols)
-        fig, axes = plt.subplots(rows_n, cols, figsize=(2.6 * cols, 2.9 * rows_n), squeeze=False)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(2.6 * cols, 3.2 * rows_n), squeeze=False, layout="constrained")
         for ax, name in zip(axes.ravel(), names):
             path = runs_dir / fam / slug(name) / "seed0" / "samples.png"
             if path.is_file():
@@ -250,7 +255,6 @@ def _plots(out: pathlib.Path, result: dict[str, Any], runs_dir: pathlib.Path, sl
         for ax in axes.ravel():
             ax.axis("off")
         fig.suptitle(f"{fam} diffusion, seed 0: samples per weighting", fontsize=9)
-        fig.tight_layout()
         vd.train.save_figure(fig, out / f"samples_{fam}.png")
 
 
