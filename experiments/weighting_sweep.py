@@ -9,7 +9,7 @@ classifier confidence; `experiments/_evaluation.py`); the sweep reports their me
 seeds, each paper's ordering against the one found, and which differences exceed 2 standard errors.
 
     python experiments/weighting_sweep.py                   # default preset (under 90 minutes on 2 cores)
-    python experiments/weighting_sweep.py --quick           # under 5 minutes (4.4 from a cold compilation cache)
+    python experiments/weighting_sweep.py --quick           # under 5 minutes (4.3 from a cold compilation cache)
     python experiments/weighting_sweep.py --out runs/ws --families masked --seeds 5
     python experiments/weighting_sweep.py --rescore         # a finished sweep's samples, today's classifier
 
@@ -71,11 +71,21 @@ PRESETS: dict[str, dict[Family, dict[str, Any]]] = {
         "gaussian": dict(train_gaussian.DEMO, steps=1000, eval_samples=512, sample_steps=250),
         "masked": dict(train_masked.DEMO, steps=1000, eval_samples=512, sample_steps=64),
     },
-    "quick": {
+    "quick": {  # an EMA time constant (1 / (1 - decay) = 50 steps) well inside the 300 steps
         "gaussian": dict(
-            train_gaussian.DEMO, model="mlp", width=128, depth=2, steps=300, eval_samples=128, sample_steps=50
+            train_gaussian.DEMO,
+            model="mlp",
+            width=256,
+            depth=2,
+            lr=5e-3,
+            ema_decay=0.98,
+            steps=300,
+            eval_samples=128,
+            sample_steps=50,
         ),
-        "masked": dict(train_masked.DEMO, unet_channels=8, steps=300, eval_samples=128, sample_steps=32),
+        "masked": dict(
+            train_masked.DEMO, unet_channels=8, ema_decay=0.98, steps=300, eval_samples=128, sample_steps=32
+        ),
     },
 }
 TINY: dict[Family, dict[str, Any]] = {  # CI smoke size
@@ -92,7 +102,7 @@ class Config:
     """Output folder (resume-safe: rerun the same command to continue)."""
     quick: bool = False
     """The quick preset (small networks, 2 seeds, the papers' rows without the sigmoid-k sweep: a check of the
-    pipeline, its numbers are poor and noisy; 264 s on 2 cores from a cold compilation cache) instead of the
+    pipeline, its numbers are rough and noisy; 258 s on 2 cores from a cold compilation cache) instead of the
     default (under 90 minutes)."""
     seeds: int | None = None
     """Seeds per row (None: 3, or 2 with --quick)."""
