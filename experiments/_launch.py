@@ -169,6 +169,20 @@ def validate_run(cfg: RunConfig) -> None:
         )
 
 
+def warn_short_ema(cfg: RunConfig) -> None:
+    """Warn when the EMA model (what is evaluated and sampled) still holds > 5 % of the initialisation at the end:
+    the EMA starts at the initial parameters, whose weight after n steps is decay**n."""
+    left = cfg.ema_decay**cfg.steps
+    if left > 0.05:
+        print(
+            f"warning: with `--ema-decay` {cfg.ema_decay} the EMA model still holds {left:.0%} of the initial "
+            f"parameters after `--steps` {cfg.steps} (decay**steps); for a run this short lower --ema-decay, e.g. "
+            f"{1 - 5 / cfg.steps:.3g} (a time constant of a fifth of the run).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def validate_unet(cfg: Any) -> None:
     """Check the `--unet-*` flags both scripts share (a U-Net's sizes)."""
     _cli.at_least(cfg, 1, "unet_channels", "unet_res_blocks")

@@ -266,7 +266,9 @@ def build_run(cfg: Config) -> _launch.Run:
 def main(cfg: Config) -> dict:
     """Validate `cfg`, build everything from it, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
-    validate(prepare(cfg)[0])  # before the workdir is claimed
+    prepared = prepare(cfg)[0]
+    validate(prepared)  # before the workdir is claimed
+    _launch.warn_short_ema(prepared)
     with _launch.claim(cfg):
         cfg, data, model, loss, tkey = build_run(cfg)
         optimizer, dataset, loop = _launch.training_setup(cfg, data.train)

@@ -227,7 +227,9 @@ def build_run(cfg: Config) -> _launch.Run:
 def main(cfg: Config) -> dict:
     """Validate `cfg`, build everything from it, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
-    validate(prepare(cfg)[0])  # before the workdir is claimed
+    prepared = prepare(cfg)[0]
+    validate(prepared)  # before the workdir is claimed
+    _launch.warn_short_ema(prepared)
     with _launch.claim(cfg):
         cfg, data, model, loss, tkey = build_run(cfg)
         train, test, vocab = tokens_of(data)

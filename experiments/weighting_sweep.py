@@ -204,7 +204,7 @@ def one_run(cfg: Config, family: Family, name: str, seed: int) -> dict[str, Any]
         script = train_gaussian if family == "gaussian" else train_masked
         log = io.StringIO()
         t0 = time.perf_counter()
-        with contextlib.redirect_stdout(log):
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # its warnings go to run.log too
             script.main(run_cfg)
         vd.train.atomic_write_bytes(workdir / "run.log", log.getvalue().encode())
         tqdm.write(f"{family:8s} {name:14s} seed {seed}: {time.perf_counter() - t0:.0f} s")

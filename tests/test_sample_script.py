@@ -140,6 +140,7 @@ def _id(case) -> str:
 @pytest.mark.parametrize("run, argv, must", BAD, ids=[_id(c) for c in BAD])
 def test_bad_input_is_one_line(request, tmp_path, capsys, run, argv, must):
     workdir = tmp_path / "nowhere" if run == "missing" else request.getfixturevalue(run)
+    capsys.readouterr()  # the fixture's training output (a module fixture trains in the first test using it)
     existing = tmp_path / "existing"
     existing.mkdir()
     argv = [str(existing) if a == "EXISTING" else a for a in argv]

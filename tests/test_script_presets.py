@@ -201,3 +201,17 @@ def test_foreign_array_record_file_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.array_record is not a vdmpp ArrayRecord data file.*corrupt"):
         tm.main(tm.Config(workdir=str(work), data=str(tmp_path / "bad.array_record"), progress=False))
     assert not work.exists()
+
+
+def test_short_runs_warn_that_the_ema_model_is_still_mostly_its_initialisation(capsys):
+    """The EMA starts at the initial parameters, which still weigh decay**steps at the end of the run."""
+    import types
+
+    from experiments import _launch
+
+    _launch.warn_short_ema(types.SimpleNamespace(ema_decay=0.998, steps=300))  # 0.998**300 = 0.548
+    err = capsys.readouterr().err
+    assert "still holds 55% of the initial parameters after `--steps` 300" in err and "e.g. 0.983" in err
+    for decay, steps in ((0.998, 2000), (0.98, 300), (0.0, 5)):  # 1.8 %, 0.2 %, nothing: silent
+        _launch.warn_short_ema(types.SimpleNamespace(ema_decay=decay, steps=steps))
+    assert capsys.readouterr().err == ""
