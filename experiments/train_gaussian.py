@@ -266,12 +266,11 @@ def build_run(cfg: Config) -> _launch.Run:
 def main(cfg: Config) -> dict:
     """Validate `cfg`, build everything from it, train, and print where the outputs are."""
     _launch.init_distributed(cfg)
-    prepared = prepare(cfg)[0]
-    validate(prepared)  # before the workdir is claimed
-    _launch.warn_short_ema(prepared)
+    validate(prepare(cfg)[0])  # before the workdir is claimed
     with _launch.claim(cfg):
         cfg, data, model, loss, tkey = build_run(cfg)
         optimizer, dataset, loop = _launch.training_setup(cfg, data.train)
+        _launch.warn_short_ema(cfg)  # after every check of the flags and data
         evaluation = _evaluation.sample_evaluation(
             data, num_samples=cfg.eval_samples, progress=cfg.progress, batch_size=cfg.num_samples
         )
