@@ -177,9 +177,8 @@ def rescored_dir(cfg: Config, workdir: pathlib.Path) -> pathlib.Path:
 def finished(cfg: Config, job: tuple[Family, str, int]) -> bool:
     """The run's numbers are on disk (its summary, and with `--rescore` its rescored samples' scores)."""
     workdir = run_dir(cfg, *job)
-    return (workdir / "summary.json").is_file() and not (
-        cfg.rescore and not (rescored_dir(cfg, workdir) / "sample.json").is_file()
-    )
+    rescored = not cfg.rescore or (rescored_dir(cfg, workdir) / "sample.json").is_file()
+    return (workdir / "summary.json").is_file() and rescored
 
 
 def rescore(cfg: Config, workdir: pathlib.Path) -> dict[str, float]:
